@@ -1,0 +1,159 @@
+"""The ``ingest`` flow: every source (or the named ones) fetched, extracted, deduplicated and
+loaded into the warehouse, concurrently per source, in batches.
+
+Runs against Prefect's local ephemeral API by default and against a Prefect server when
+``PREFECT_API_URL`` is set. Run it as ``newsflow run`` or ``python -m flows.ingest``.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.futures import wait
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from config.settings import load_config
+from tasks.db import Warehouse
+from tasks.extract import ExtractOptions, Extractor
+from tasks.fetch import Fetcher
+from tasks.pipeline import RunContext, SourceOutcome, ingest_source
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    status: str
+    sources: int = 0
+    entries: int = 0
+    new_articles: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    failed_sources: list[str] = field(default_factory=list)
+    outcomes: list[SourceOutcome] = field(default_factory=list)
+    warehouse: str = ""
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "sources": self.sources,
+            "entries": self.entries,
+            "new_articles": self.new_articles,
+            "duplicates": self.duplicates,
+            "failures": self.failures,
+        }
+
+
+def _run_name() -> str:
+    params = flow_run.parameters or {}
+    names = params.get("source_names") or []
+    return "ingest-" + ("-".join(names) if names else "all")
+
+
+def summary_markdown(s: RunSummary) -> str:
+    lines = [
+        f"# Ingest run `{s.run_id}`: {s.status}",
+        "",
+        f"- sources: **{s.sources}**, failed: **{s.failures}**",
+        f"- entries listed: **{s.entries}**",
+        f"- new articles: **{s.new_articles}**",
+        f"- duplicates: **{s.duplicates}**",
+        "",
+        "| source | status | HTTP | entries | new | duplicates | item errors | pages | error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for o in s.outcomes:
+        err = (o.error or "").replace("|", "\\|")[:200]
+        lines.append(
+            f"| {o.source} | {o.status} | {o.http_status or ''} | {o.entries} | "
+            f"{o.new_articles} | {o.duplicates} | {o.errors} | {o.pages_fetched} | {err} |"
+        )
+    return "\n".join(lines)
+
+
+@flow(name="ingest", flow_run_name=_run_name, log_prints=False)
+def ingest(config_path: str | None = None, source_names: list[str] | None = None) -> RunSummary:
+    """Ingest the configured sources (all enabled ones, or those named) into the warehouse."""
+    logger = get_run_logger()
+    settings = load_config(config_path)
+    sources = settings.select(source_names)
+    run_id = str(flow_run.id or uuid.uuid4())
+    wh = Warehouse(settings.warehouse.path)
+    wh.migrate()
+    wh.register_sources(
+        [(s.name, s.kind, s.url if s.kind == "feed" else str(s.path)) for s in settings.sources]
+    )
+    wh.start_run(run_id, flow_run.name, datetime.now(UTC))
+    ex = settings.extract
+    extractor = Extractor(
+        ex.workers,
+        ExtractOptions(
+            favor_precision=ex.favor_precision,
+            include_comments=ex.include_comments,
+            include_tables=ex.include_tables,
+            min_chars=ex.min_chars,
+        ),
+    )
+    summary = RunSummary(run_id=run_id, status="running", warehouse=str(settings.warehouse.path))
+    try:
+        with Fetcher(settings.fetch) as fetcher:
+            ctx = RunContext(run_id, settings, wh, fetcher, extractor)
+            runner = ThreadPoolTaskRunner(max_workers=max(1, min(8, len(sources))))
+            with runner:
+                futures = [runner.submit(ingest_source, {"source": s, "ctx": ctx}) for s in sources]
+                wait(futures)
+                for s, fut in zip(sources, futures, strict=True):
+                    if fut.state.is_completed():
+                        summary.outcomes.append(fut.result())
+                    else:
+                        err = fut.state.message or "crashed"
+                        summary.outcomes.append(SourceOutcome(s.name, status="error", error=err))
+    finally:
+        extractor.close()
+    for o in summary.outcomes:
+        summary.sources += 1
+        summary.entries += o.entries
+        summary.new_articles += o.new_articles
+        summary.duplicates += o.duplicates
+        if o.status == "error":
+            summary.failures += 1
+            summary.failed_sources.append(o.source)
+    if summary.new_articles or summary.duplicates:
+        wh.refresh_search_index()
+    summary.status = "completed_with_failures" if summary.failures else "completed"
+    wh.finish_run(run_id, summary.status, summary.counts(), summary.failed_sources)
+    create_markdown_artifact(
+        key="ingest-summary", markdown=summary_markdown(summary), description="Ingest run counts"
+    )
+    if summary.failed_sources:
+        create_table_artifact(
+            key="failed-sources",
+            table=[
+                {"source": o.source, "error": o.error or "", "http_status": o.http_status}
+                for o in summary.outcomes
+                if o.status == "error"
+            ],
+            description="Sources that failed in this run",
+        )
+        logger.error("failed sources: %s", ", ".join(summary.failed_sources))
+    logger.info(
+        "run done status=%s sources=%d entries=%d new=%d duplicates=%d failures=%d",
+        summary.status, summary.sources, summary.entries, summary.new_articles,
+        summary.duplicates, summary.failures,
+    )  # fmt: skip
+    return summary
+
+
+def summary_dict(s: RunSummary) -> dict[str, object]:
+    return asdict(s)
+
+
+if __name__ == "__main__":
+    cfg = sys.argv[1] if len(sys.argv) > 1 else None
+    result = ingest(cfg if cfg is None else str(Path(cfg)))
+    sys.stdout.write(f"{result.status}: {result.new_articles} new articles\n")

@@ -1,0 +1,537 @@
+"""The warehouse: the only module that talks to DuckDB.
+
+One writer. DuckDB lets one process open a file read-write (or many read-only), so the writer
+opens the file only for the length of one operation (a batch load, a run record), holds a
+thread lock while doing so, and never keeps a transaction open across network I/O. Readers
+(``newsflow sql``, ``search``) open read-only connections between those operations; a writer
+that finds the file busy waits, up to ``lock_timeout``, then fails with a clear message.
+
+Loads are idempotent: rows are keyed (``entries`` by source and entry key, ``articles`` by
+article id) and inserted by anti-join from a staged Arrow batch, so running the same input
+twice leaves the same rows.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from tasks.core.models import Article, Candidate, ItemError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "warehouse" / "migrations"
+
+
+class WarehouseBusyError(RuntimeError):
+    """Another process holds the warehouse file for writing."""
+
+
+def fts_extension_path() -> str:
+    """The fts extension shipped by the ``duckdb-extension-fts`` package (loaded offline)."""
+    import duckdb_extension_fts
+
+    base = os.path.dirname(duckdb_extension_fts.__file__)
+    found = glob.glob(os.path.join(base, "extensions", f"v{duckdb.__version__}", "*.duckdb_extension"))
+    found = found or glob.glob(os.path.join(base, "extensions", "*", "fts.duckdb_extension"))
+    if not found:
+        raise RuntimeError(f"fts extension not found under {base}")
+    return found[0]
+
+
+_DUCKDB_CONFIG = {
+    # Never reach for the network: extensions come from the PyPI package only.
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+}
+
+
+def _is_lock_error(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text or "conflicting" in text or "being used" in text
+
+
+def open_connection(
+    path: Path, *, read_only: bool, lock_timeout: float = 30.0
+) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file, waiting while another process holds it."""
+    deadline = time.monotonic() + lock_timeout
+    delay = 0.02
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only, config=dict(_DUCKDB_CONFIG))
+            break
+        except duckdb.IOException as exc:
+            if not _is_lock_error(exc) or time.monotonic() >= deadline:
+                if _is_lock_error(exc):
+                    raise WarehouseBusyError(
+                        f"{path}: the warehouse is in use by another process "
+                        f"(waited {lock_timeout:g}s): {exc}"
+                    ) from exc
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    con.execute(f"LOAD '{fts_extension_path()}'")
+    return con
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    new_entries: int
+    new_articles: int
+    duplicates: int
+    errors: int
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Warehouse:
+    """The newsflow warehouse file. Thread-safe; one writer per process."""
+
+    def __init__(self, path: Path | str, *, lock_timeout: float = 60.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout = lock_timeout
+        self._lock = threading.RLock()
+
+    # -- connections ----------------------------------------------------------------------
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection for one operation, under the process-wide write lock."""
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = open_connection(self.path, read_only=False, lock_timeout=self.lock_timeout)
+            try:
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection (never writes, never holds the writer for long)."""
+        if not self.path.exists():
+            raise FileNotFoundError(f"{self.path}: no warehouse yet; run `newsflow run` first")
+        with self._lock:
+            con = open_connection(self.path, read_only=True, lock_timeout=self.lock_timeout)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    # -- schema ---------------------------------------------------------------------------
+    def migrate(self, directory: Path = MIGRATIONS_DIR) -> list[str]:
+        """Apply the numbered migrations not yet applied, each in its own transaction."""
+        applied_now: list[str] = []
+        with self.writer() as con:
+            con.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations "
+                "(name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
+            for f in sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+                if f.name in done:
+                    continue
+                con.execute("BEGIN")
+                try:
+                    con.execute(f.read_text(encoding="utf-8"))
+                    con.execute("INSERT INTO _migrations VALUES (?, ?)", [f.name, _now()])
+                    con.execute("COMMIT")
+                except Exception:
+                    con.execute("ROLLBACK")
+                    raise
+                applied_now.append(f.name)
+        return applied_now
+
+    # -- sources and runs -----------------------------------------------------------------
+    def register_sources(self, sources: Sequence[tuple[str, str, str]]) -> None:
+        """Insert or update ``(name, kind, location)`` rows, keeping their fetch state."""
+        with self.writer() as con:
+            for name, kind, location in sources:
+                con.execute(
+                    "INSERT INTO sources (name, kind, location) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, "
+                    "location = excluded.location",
+                    [name, kind, location],
+                )
+
+    def source_state(self, name: str) -> dict[str, Any]:
+        with self.writer() as con:
+            row = con.execute(
+                "SELECT etag, last_modified, location FROM sources WHERE name = ?", [name]
+            ).fetchone()
+        if row is None:
+            return {"etag": None, "last_modified": None, "location": None}
+        return {"etag": row[0], "last_modified": row[1], "location": row[2]}
+
+    def start_run(self, run_id: str, name: str | None, started_at: datetime) -> None:
+        with self.writer() as con:
+            con.execute(
+                "INSERT INTO runs (run_id, flow_run_name, started_at, status) "
+                "VALUES (?, ?, ?, 'running') ON CONFLICT (run_id) DO NOTHING",
+                [run_id, name, started_at],
+            )
+
+    def finish_run(self, run_id: str, status: str, counts: dict[str, int], failed: list[str]) -> None:
+        with self.writer() as con:
+            con.execute(
+                "UPDATE runs SET ended_at = ?, status = ?, sources = ?, entries = ?, "
+                "new_articles = ?, duplicates = ?, failures = ?, failed_sources = ? "
+                "WHERE run_id = ?",
+                [
+                    _now(),
+                    status,
+                    counts.get("sources", 0),
+                    counts.get("entries", 0),
+                    counts.get("new_articles", 0),
+                    counts.get("duplicates", 0),
+                    counts.get("failures", 0),
+                    failed,
+                    run_id,
+                ],
+            )
+
+    def record_fetch(
+        self,
+        run_id: str,
+        source: str,
+        *,
+        started_at: datetime,
+        status: str,
+        http_status: int | None = None,
+        nbytes: int = 0,
+        entries: int = 0,
+        new_articles: int = 0,
+        duplicates: int = 0,
+        errors: int = 0,
+        pages_fetched: int = 0,
+        error: str | None = None,
+        warning: str | None = None,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> None:
+        """Record one source's outcome in ``fetches`` and its health in ``sources``."""
+        now = _now()
+        with self.writer() as con:
+            con.execute("BEGIN")
+            con.execute(
+                "INSERT OR REPLACE INTO fetches VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    run_id, source, started_at, now, status, http_status, nbytes, entries,
+                    new_articles, duplicates, errors, pages_fetched, error, warning,
+                ],
+            )  # fmt: skip
+            ok = status != "error"
+            con.execute(
+                """
+                UPDATE sources SET
+                    last_fetch_at = ?, last_status = ?, last_http_status = ?, last_error = ?,
+                    last_ok_at = CASE WHEN ? THEN ? ELSE last_ok_at END,
+                    consecutive_failures = CASE WHEN ? THEN 0 ELSE consecutive_failures + 1 END,
+                    etag = CASE WHEN ? THEN coalesce(?, etag) ELSE etag END,
+                    last_modified = CASE WHEN ? THEN coalesce(?, last_modified)
+                                         ELSE last_modified END,
+                    entries_total = entries_total + ?,
+                    articles_total = articles_total + ?,
+                    duplicates_total = duplicates_total + ?,
+                    errors_total = errors_total + ?
+                WHERE name = ?
+                """,
+                [
+                    now, status, http_status, error, ok, now, ok, ok, etag, ok, last_modified,
+                    entries, new_articles, duplicates, errors + (0 if ok else 1), source,
+                ],
+            )  # fmt: skip
+            con.execute("COMMIT")
+
+    # -- entries and articles -------------------------------------------------------------
+    def known_entries(self, source: str, keys: Sequence[str]) -> set[str]:
+        """Which of these entry keys the source has listed before."""
+        if not keys:
+            return set()
+        with self.writer() as con:
+            rows = con.execute(
+                "SELECT entry_key FROM entries WHERE source = ? AND entry_key IN "
+                "(SELECT unnest(?))",
+                [source, list(keys)],
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def existing_articles(self, article_ids: Sequence[str]) -> set[str]:
+        if not article_ids:
+            return set()
+        with self.writer() as con:
+            rows = con.execute(
+                "SELECT article_id FROM articles WHERE article_id IN (SELECT unnest(?))",
+                [list(article_ids)],
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def load_batch(
+        self,
+        run_id: str,
+        linked: Sequence[tuple[Candidate, str]],
+        articles: Sequence[Article],
+        errors: Sequence[ItemError],
+    ) -> LoadResult:
+        """Load one batch in one transaction.
+
+        ``linked`` are new entries with the article id they point at; ``articles`` the new
+        articles. Entries whose article was brought by another entry, and new articles whose
+        canonical URL or text repeats an existing article, get a ``duplicates`` row.
+        """
+        now = _now()
+        art_tbl = _articles_table(articles, run_id)
+        ent_tbl = _entries_table(linked, now, run_id)
+        with self.writer() as con:
+            con.execute("BEGIN")
+            try:
+                con.register("staged_articles", art_tbl)
+                con.register("staged_entries", ent_tbl)
+                new_articles = _insert_new(
+                    con,
+                    "articles",
+                    "staged_articles",
+                    "s.article_id = t.article_id",
+                    partition="article_id",
+                )
+                new_entries = _insert_new(
+                    con,
+                    "entries",
+                    "staged_entries",
+                    "s.source = t.source AND s.entry_key = t.entry_key",
+                    partition="source, entry_key",
+                )
+                dup_rows = _find_duplicates(con, art_tbl, ent_tbl, now, run_id)
+                if dup_rows:
+                    con.register("staged_dups", pa.Table.from_pylist(dup_rows))
+                    con.execute(
+                        "INSERT INTO duplicates SELECT * FROM staged_dups s WHERE NOT EXISTS "
+                        "(SELECT 1 FROM duplicates t WHERE t.source = s.source "
+                        "AND t.entry_key = s.entry_key)"
+                    )
+                pages = [a for a in articles if a.html is not None]
+                if pages:
+                    con.register(
+                        "staged_pages",
+                        pa.table(
+                            {
+                                "article_id": [a.article_id for a in pages],
+                                "url": [a.url for a in pages],
+                                "html": [a.html for a in pages],
+                                "fetched_at": [a.fetched_at for a in pages],
+                                "extractor_version": [a.extractor_version for a in pages],
+                            }
+                        ),
+                    )
+                    _insert_new(
+                        con, "pages", "staged_pages", "s.article_id = t.article_id",
+                        partition="article_id",
+                    )  # fmt: skip
+                if errors:
+                    con.executemany(
+                        "INSERT INTO item_errors VALUES (?,?,?,?,?,?,?)",
+                        [[run_id, e.source, e.item, e.stage, e.reason, e.detail, now] for e in errors],
+                    )
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        staged_ids = set(art_tbl.column("article_id").to_pylist())
+        article_dups = sum(1 for r in dup_rows if r["article_id"] in staged_ids)
+        return LoadResult(
+            new_entries=new_entries,
+            new_articles=new_articles - article_dups,
+            duplicates=len(dup_rows),
+            errors=len(errors),
+        )
+
+    def record_item_errors(self, run_id: str, errors: Sequence[ItemError]) -> None:
+        if not errors:
+            return
+        now = _now()
+        with self.writer() as con:
+            con.executemany(
+                "INSERT INTO item_errors VALUES (?,?,?,?,?,?,?)",
+                [[run_id, e.source, e.item, e.stage, e.reason, e.detail, now] for e in errors],
+            )
+
+    def refresh_search_index(self) -> None:
+        """Rebuild the BM25 full-text index over article titles and text."""
+        with self.writer() as con:
+            n = con.execute("SELECT count(*) FROM articles").fetchone()
+            if n and n[0]:
+                con.execute(
+                    "PRAGMA create_fts_index('articles', 'article_id', 'title', 'text', "
+                    "stemmer = 'porter', stopwords = 'english', strip_accents = 1, "
+                    "lower = 1, overwrite = 1)"
+                )
+
+    # -- reading --------------------------------------------------------------------------
+    def query(self, sql: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run read-only SQL; returns column names and rows."""
+        with self.reader() as con:
+            cur = con.execute(sql, params or [])
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return cols, cur.fetchall()
+
+
+def _insert_new(
+    con: duckdb.DuckDBPyConnection, table: str, staged: str, match: str, *, partition: str
+) -> int:
+    """Anti-join insert (fast, idempotent); the first staged row of each key wins."""
+    before = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+    con.execute(
+        f"INSERT INTO {table} BY NAME "
+        f"SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER "
+        f"(PARTITION BY {partition}) AS _rn FROM {staged}) s "
+        f"WHERE _rn = 1 AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+    )
+    after = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(after[0]) - int(before[0]) if before and after else 0
+
+
+def _articles_table(articles: Sequence[Article], run_id: str) -> pa.Table:
+    cols: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "article_id", "source", "entry_key", "url", "canonical_url", "title", "text",
+            "author", "published_at", "site_name", "language", "tags", "content_hash",
+            "fetched_at", "text_origin", "fallback_reason", "extractor_version",
+        )
+    }  # fmt: skip
+    for a in articles:
+        for name in cols:
+            v = getattr(a, name)
+            cols[name].append(list(v) if name == "tags" else v)
+    cols["run_id"] = [run_id] * len(articles)
+    schema = pa.schema(
+        [
+            (n, pa.list_(pa.string()))
+            if n == "tags"
+            else (n, pa.timestamp("us", tz="UTC"))
+            if n in ("published_at", "fetched_at")
+            else (n, pa.string())
+            for n in cols
+        ]
+    )
+    return pa.table(cols, schema=schema)
+
+
+def _entries_table(linked: Sequence[tuple[Candidate, str]], now: datetime, run_id: str) -> pa.Table:
+    return pa.table(
+        {
+            "source": [c.source for c, _ in linked],
+            "entry_key": [c.entry_key for c, _ in linked],
+            "key_kind": [c.key_kind for c, _ in linked],
+            "guid": [c.guid for c, _ in linked],
+            "url": [c.url for c, _ in linked],
+            "canonical_url": [c.canonical_url for c, _ in linked],
+            "title": [c.title for c, _ in linked],
+            "published_at": pa.array(
+                [c.published_at for c, _ in linked], type=pa.timestamp("us", tz="UTC")
+            ),
+            "article_id": [a for _, a in linked],
+            "first_seen_at": pa.array([now] * len(linked), type=pa.timestamp("us", tz="UTC")),
+            "run_id": [run_id] * len(linked),
+        }
+    )
+
+
+def _find_duplicates(
+    con: duckdb.DuckDBPyConnection,
+    art_tbl: pa.Table,
+    ent_tbl: pa.Table,
+    now: datetime,
+    run_id: str,
+) -> list[dict[str, Any]]:
+    """Duplicate links of a batch, decided inside its transaction (so batches serialise).
+
+    1. An entry whose article was brought by another entry: level ``canonical_url``.
+    2. A new article whose page names the canonical URL of another article: ``canonical_url``.
+    3. A new article whose normalised text hashes like an earlier article's: ``content_hash``.
+    The earlier article is the original: already loaded, else earliest published, then id.
+    """
+    rows: list[dict[str, Any]] = []
+    if ent_tbl.num_rows:
+        for source, entry_key, article_id in con.execute(
+            """
+            SELECT e.source, e.entry_key, e.article_id
+            FROM staged_entries e JOIN articles a USING (article_id)
+            WHERE NOT (a.source = e.source AND a.entry_key = e.entry_key)
+              AND NOT EXISTS (SELECT 1 FROM duplicates d
+                              WHERE d.source = e.source AND d.entry_key = e.entry_key)
+            """
+        ).fetchall():
+            rows.append(_dup(source, entry_key, article_id, article_id, "canonical_url", now, run_id))
+    if not art_tbl.num_rows:
+        return rows
+    # Originals already in the warehouse (before this batch), by canonical URL and by hash.
+    known = con.execute(
+        """
+        SELECT a.canonical_url, a.content_hash, a.article_id, a.published_at
+        FROM articles a
+        WHERE (a.canonical_url IN (SELECT canonical_url FROM staged_articles)
+               OR a.content_hash IN (SELECT content_hash FROM staged_articles))
+          AND a.article_id NOT IN (SELECT article_id FROM staged_articles)
+          AND NOT EXISTS (SELECT 1 FROM duplicates d
+                          WHERE d.article_id = a.article_id AND d.level <> 'canonical_url')
+        ORDER BY a.fetched_at, a.published_at NULLS LAST, a.article_id
+        """
+    ).fetchall()
+    by_url: dict[str, str] = {}
+    by_hash: dict[str, str] = {}
+    for canon, chash, aid, _pub in known:
+        if canon:
+            by_url.setdefault(canon, aid)
+        by_hash.setdefault(chash, aid)
+    staged = sorted(
+        art_tbl.select(
+            ["article_id", "source", "entry_key", "canonical_url", "content_hash", "published_at"]
+        ).to_pylist(),
+        key=lambda r: (
+            r["published_at"] is None,
+            r["published_at"] or now,
+            r["article_id"],
+        ),
+    )
+    seen_ids: set[str] = set()
+    for r in staged:
+        if r["article_id"] in seen_ids:
+            continue
+        seen_ids.add(r["article_id"])
+        canon, chash, aid = r["canonical_url"], r["content_hash"], r["article_id"]
+        if canon and by_url.get(canon, aid) != aid:
+            rows.append(_dup(r["source"], r["entry_key"], aid, by_url[canon], "canonical_url", now, run_id))
+        elif by_hash.get(chash, aid) != aid:
+            rows.append(_dup(r["source"], r["entry_key"], aid, by_hash[chash], "content_hash", now, run_id))
+        else:
+            if canon:
+                by_url.setdefault(canon, aid)
+            by_hash.setdefault(chash, aid)
+    return rows
+
+
+def _dup(
+    source: str, entry_key: str, article_id: str, of: str, level: str, now: datetime, run_id: str
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "entry_key": entry_key,
+        "article_id": article_id,
+        "duplicate_of": of,
+        "level": level,
+        "score": 1.0,
+        "threshold": 1.0,
+        "detected_at": now,
+        "run_id": run_id,
+    }

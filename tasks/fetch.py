@@ -1,0 +1,240 @@
+"""HTTP and file retrieval: one client of ours for feeds and pages (httpx, never feedparser's).
+
+:class:`Fetcher` owns one ``httpx.AsyncClient`` (connection reuse, HTTP/2 where offered) on a
+private event-loop thread, so that plain threads (Prefect's task runner) can share it and the
+global and per-host concurrency bounds hold across every source of a run.
+
+Every response is bounded: a connect/read timeout, a total deadline (a server trickling bytes
+is cut off), a redirect limit (redirects are followed here, hop by hop) and a size cap counted on
+the *decoded* body while it streams, so a gzip bomb stops at the cap. Conditional GET: the
+caller passes the stored ETag/Last-Modified and gets ``not_modified`` on 304.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from collections.abc import Coroutine, Iterable
+from concurrent.futures import Future
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import unquote, urljoin, urlsplit
+
+import httpx
+
+from config.settings import FetchSettings
+from tasks.core.errors import FetchError, TooLargeError
+from tasks.core.models import HttpResult
+
+T = TypeVar("T")
+
+_REDIRECTS = {301, 302, 303, 307, 308}
+_TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    import time
+
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+def read_file_url(url: str, source: str, max_bytes: int) -> HttpResult:
+    """Read a ``file://`` URL with the same size cap as HTTP."""
+    path = Path(unquote(urlsplit(url).path))
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise TooLargeError(source, f"{path}: {size} bytes is over the {max_bytes}-byte cap")
+        body = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise FetchError(source, f"{path}: no such file") from exc
+    except IsADirectoryError as exc:
+        raise FetchError(source, f"{path}: is a folder, not a file") from exc
+    except PermissionError as exc:
+        raise FetchError(source, f"{path}: permission denied") from exc
+    return HttpResult(url=url, status=200, body=body, headers={})
+
+
+class Fetcher:
+    """Bounded, polite HTTP GETs shared by every task of a run. Close it when done."""
+
+    def __init__(self, settings: FetchSettings) -> None:
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fetch")
+        self._thread.start()
+        self._client: httpx.AsyncClient = self._run(self._make_client())
+        self._global = asyncio.Semaphore(settings.concurrency)
+        self._hosts: dict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(settings.per_host)
+        )
+
+    async def _make_client(self) -> httpx.AsyncClient:
+        s = self.settings
+        return httpx.AsyncClient(
+            http2=True,
+            follow_redirects=False,
+            timeout=httpx.Timeout(s.timeout),
+            limits=httpx.Limits(
+                max_connections=s.concurrency, max_keepalive_connections=s.concurrency
+            ),
+            headers={"User-Agent": s.user_agent, "Accept-Encoding": "gzip, deflate"},
+            trust_env=False,
+        )
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._run(self._client.aclose())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+    def __enter__(self) -> Fetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public, blocking API -------------------------------------------------------------
+    def get(
+        self,
+        url: str,
+        *,
+        source: str = "",
+        etag: str | None = None,
+        last_modified: str | None = None,
+        accept: str | None = None,
+    ) -> HttpResult:
+        """One GET; raises :class:`FetchError` (``transient`` for timeouts, 429 and 5xx)."""
+        if urlsplit(url).scheme == "file":
+            return read_file_url(url, source, self.settings.max_bytes)
+        return self._run(self._get(url, source, etag, last_modified, accept))
+
+    def get_many(
+        self, urls: Iterable[str], *, source: str = ""
+    ) -> list[HttpResult | FetchError]:
+        """GET many pages concurrently (bounded); each result is a response or its error."""
+
+        async def one(u: str) -> HttpResult | FetchError:
+            try:
+                return await self._get(u, source, None, None, None)
+            except FetchError as exc:
+                return exc
+
+        async def all_of(us: list[str]) -> list[HttpResult | FetchError]:
+            return list(await asyncio.gather(*(one(u) for u in us)))
+
+        return self._run(all_of(list(urls)))
+
+    # -- internals ------------------------------------------------------------------------
+    async def _get(
+        self,
+        url: str,
+        source: str,
+        etag: str | None,
+        last_modified: str | None,
+        accept: str | None,
+    ) -> HttpResult:
+        host = urlsplit(url).netloc
+        async with self._global, self._hosts[host]:
+            try:
+                async with asyncio.timeout(self.settings.deadline):
+                    return await self._follow(url, source, etag, last_modified, accept)
+            except TimeoutError as exc:
+                raise FetchError(
+                    source,
+                    f"{url}: no complete response within the {self.settings.deadline:g}s deadline",
+                    transient=True,
+                ) from exc
+
+    async def _follow(
+        self,
+        url: str,
+        source: str,
+        etag: str | None,
+        last_modified: str | None,
+        accept: str | None,
+    ) -> HttpResult:
+        headers: dict[str, str] = {}
+        if etag:
+            headers["If-None-Match"] = etag
+        if last_modified:
+            headers["If-Modified-Since"] = last_modified
+        if accept:
+            headers["Accept"] = accept
+        current = url
+        for _hop in range(self.settings.max_redirects + 1):
+            if urlsplit(current).scheme not in ("http", "https"):
+                raise FetchError(source, f"{url}: redirected to unsupported URL {current}")
+            status, resp_headers, body = await self._request(current, source, headers)
+            if status in _REDIRECTS and "location" in resp_headers:
+                current = urljoin(current, resp_headers["location"])
+                continue
+            return self._result(current, status, resp_headers, body, source)
+        raise FetchError(source, f"{url}: more than {self.settings.max_redirects} redirects")
+
+    async def _request(
+        self, url: str, source: str, headers: dict[str, str]
+    ) -> tuple[int, dict[str, str], bytes]:
+        cap = self.settings.max_bytes
+        try:
+            async with self._client.stream("GET", url, headers=headers) as resp:
+                h = {k.lower(): v for k, v in resp.headers.items()}
+                declared = h.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap and "content-encoding" not in h:
+                    raise TooLargeError(
+                        source, f"{url}: Content-Length {declared} is over the {cap}-byte cap"
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                async for chunk in resp.aiter_bytes():
+                    size += len(chunk)
+                    if size > cap:
+                        raise TooLargeError(source, f"{url}: body over the {cap}-byte cap")
+                    chunks.append(chunk)
+                return resp.status_code, h, b"".join(chunks)
+        except httpx.TimeoutException as exc:
+            raise FetchError(
+                source, f"{url}: timed out ({type(exc).__name__})", transient=True
+            ) from exc
+        except httpx.DecodingError as exc:
+            raise FetchError(source, f"{url}: cannot decode the body: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise FetchError(
+                source, f"{url}: {type(exc).__name__}: {exc or 'connection failed'}", transient=True
+            ) from exc
+
+    @staticmethod
+    def _result(
+        url: str, status: int, headers: dict[str, str], body: bytes, source: str
+    ) -> HttpResult:
+        if status == 304:
+            return HttpResult(url=url, status=304, body=b"", headers=headers, not_modified=True)
+        if 200 <= status < 300:
+            return HttpResult(url=url, status=status, body=body, headers=headers)
+        transient = status in _TRANSIENT_STATUS
+        retry_after = parse_retry_after(headers.get("retry-after"))
+        raise FetchError(
+            source,
+            f"{url}: HTTP {status}",
+            transient=transient,
+            status=status,
+            retry_after=retry_after,
+        )

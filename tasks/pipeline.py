@@ -1,0 +1,366 @@
+"""Prefect tasks of the ingest flow, one per stage and source: ``fetch-<source>``,
+``pages-<source>``, ``extract-<source>``, ``load-<source>``, wrapped per source by
+``source-<source>``.
+
+Work is batched (``extract.batch_size`` entries at a time: fetched, extracted, loaded), so a
+run costs a handful of task runs per source, not one per article, and memory stays bounded.
+Expected failures (:class:`SourceError`) are recorded in ``fetches``/``sources`` and the run goes
+on; anything else is logged at critical and re-raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
+
+from config.settings import Settings, Source
+from tasks.core.entries import (
+    build_article,
+    candidates_from_feed,
+    chunked,
+    provisional_article_id,
+)
+from tasks.core.errors import FetchError, SourceError
+from tasks.core.feeds import parse_feed
+from tasks.core.models import Article, Candidate, Extracted, HttpResult, ItemError
+from tasks.core.urls import canonicalize_url, entry_key
+from tasks.db import Warehouse
+from tasks.extract import EXTRACTOR_VERSION, Extractor, decode_html
+from tasks.fetch import Fetcher
+from tasks.files import FileScan, list_files, read_file
+
+_FEED_ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/feed+json, "
+    "application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
+)
+
+
+@dataclass
+class RunContext:
+    """What every task of one run shares (never hashed: tasks use ``NO_CACHE``)."""
+
+    run_id: str
+    settings: Settings
+    warehouse: Warehouse
+    fetcher: Fetcher
+    extractor: Extractor
+
+
+@dataclass
+class SourceOutcome:
+    source: str
+    status: str = "ok"  # ok | not_modified | error
+    http_status: int | None = None
+    nbytes: int = 0
+    entries: int = 0
+    new_articles: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    pages_fetched: int = 0
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class FeedListing:
+    result: HttpResult
+    candidates: list[Candidate]
+    warning: str | None
+
+
+# -- fetch -----------------------------------------------------------------------------------
+def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only transient fetch errors (timeouts, 429, 5xx)."""
+    try:
+        state.result()
+    except FetchError as exc:
+        return exc.transient
+    except Exception:
+        return False
+    return False
+
+
+@task(name="fetch", task_run_name="fetch-{source.name}", cache_policy=NO_CACHE)
+def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedListing | None:
+    """GET the feed (conditional on the stored ETag/Last-Modified) and parse it.
+
+    Returns None when the server answers 304 Not Modified.
+    """
+    logger = get_run_logger()
+    assert source.url is not None
+    fs = ctx.settings.fetch
+    try:
+        result = ctx.fetcher.get(
+            source.url,
+            source=source.name,
+            etag=state.get("etag"),
+            last_modified=state.get("last_modified"),
+            accept=_FEED_ACCEPT,
+        )
+    except FetchError as exc:
+        attempt = int(task_run.run_count or 1)
+        if exc.transient and attempt <= fs.retries:
+            planned = fs.retry_backoff * 2 ** (attempt - 1)
+            if exc.retry_after is not None:
+                if exc.retry_after > fs.max_retry_after:
+                    raise FetchError(
+                        source.name,
+                        f"{exc.message} (Retry-After {exc.retry_after:g}s is longer than "
+                        f"fetch.max_retry_after)",
+                        status=exc.status,
+                        retry_after=exc.retry_after,
+                    ) from exc
+                time.sleep(max(0.0, exc.retry_after - planned))
+            logger.warning("fetch failed, will retry source=%s error=%s", source.name, exc.message)
+        raise
+    if result.not_modified:
+        logger.info("not modified source=%s status=304", source.name)
+        return None
+    feed = parse_feed(result.body, result.url, source.name, result.headers.get("content-type"))
+    if feed.warning:
+        logger.warning("ill-formed feed, read anyway source=%s problem=%s", source.name, feed.warning)
+    logger.info(
+        "fetched source=%s status=%s bytes=%d entries=%d",
+        source.name, result.status, len(result.body), len(feed.entries),
+    )  # fmt: skip
+    cands = candidates_from_feed(source.name, feed, location=source.url)
+    return FeedListing(result=result, candidates=cands, warning=feed.warning)
+
+
+@task(name="pages", task_run_name="pages-{source.name}", cache_policy=NO_CACHE)
+def fetch_pages(
+    source: Source, ctx: RunContext, urls: list[str]
+) -> list[HttpResult | FetchError]:
+    """Fetch the article pages of new entries, concurrently, within the run's bounds."""
+    return ctx.fetcher.get_many(urls, source=source.name)
+
+
+@task(name="extract", task_run_name="extract-{source.name}", cache_policy=NO_CACHE)
+def extract_pages(
+    source: Source, ctx: RunContext, pages: list[tuple[str, str | None]]
+) -> list[Extracted]:
+    """Run Trafilatura over ``(html, url)`` pairs in the run's worker processes."""
+    return ctx.extractor.extract_many(pages)
+
+
+@task(name="load", task_run_name="load-{source.name}", cache_policy=NO_CACHE)
+def load_batch(
+    source: Source,
+    ctx: RunContext,
+    linked: list[tuple[Candidate, str]],
+    articles: list[Article],
+    errors: list[ItemError],
+) -> tuple[int, int, int]:
+    """Load one batch into the warehouse in one transaction: (new articles, duplicates, errors)."""
+    r = ctx.warehouse.load_batch(ctx.run_id, linked, articles, errors)
+    return r.new_articles, r.duplicates, r.errors
+
+
+# -- one source, batch by batch --------------------------------------------------------------
+def _fetch_pages_for(source: Source, ctx: RunContext) -> bool:
+    return ctx.settings.fetch.fetch_pages if source.fetch_pages is None else source.fetch_pages
+
+
+def process_batch(source: Source, ctx: RunContext, batch: list[Candidate], out: SourceOutcome) -> None:
+    """Fetch, extract and load the new entries of one batch."""
+    wh = ctx.warehouse
+    # The same entry listed twice in one feed counts once.
+    batch = list({c.entry_key: c for c in reversed(batch)}.values())[::-1]
+    known = wh.known_entries(source.name, [c.entry_key for c in batch])
+    new = [c for c in batch if c.entry_key not in known]
+    if not new:
+        return
+    ids = {c.entry_key: provisional_article_id(c) for c in new}
+    existing = wh.existing_articles(list(set(ids.values())))
+    linked = [(c, ids[c.entry_key]) for c in new]
+    # Only entries whose article is new need work; the rest are linked to what is there.
+    todo = [c for c in new if ids[c.entry_key] not in existing]
+    todo = list({ids[c.entry_key]: c for c in reversed(todo)}.values())[::-1]
+    errors: list[ItemError] = []
+    html_of: dict[str, str] = {}
+    problem_of: dict[str, str] = {}
+    want_pages = _fetch_pages_for(source, ctx)
+    to_fetch = [
+        c
+        for c in todo
+        if want_pages and c.html is None and c.url and c.url.startswith(("http://", "https://"))
+    ]
+    if to_fetch:
+        results = fetch_pages(source, ctx, [c.url for c in to_fetch if c.url])
+        for c, res in zip(to_fetch, results, strict=True):
+            item = c.url or c.entry_key
+            if isinstance(res, FetchError):
+                problem_of[c.entry_key] = f"page fetch failed: {res.message}"
+                errors.append(ItemError(source.name, item, "fetch", res.reason, res.message))
+                continue
+            out.pages_fetched += 1
+            ctype = res.headers.get("content-type", "text/html").lower()
+            if "html" not in ctype and "xml" not in ctype and ctype.strip():
+                problem_of[c.entry_key] = f"page is not HTML ({ctype})"
+                errors.append(ItemError(source.name, item, "fetch", "not_html", ctype))
+                continue
+            html_of[c.entry_key] = decode_html(res.body)
+    for c in todo:
+        if c.html is not None:
+            html_of[c.entry_key] = c.html
+    jobs = [c for c in todo if c.entry_key in html_of]
+    extracted: dict[str, Extracted] = {}
+    if jobs:
+        results_x = extract_pages(source, ctx, [(html_of[c.entry_key], c.url) for c in jobs])
+        extracted = {c.entry_key: x for c, x in zip(jobs, results_x, strict=True)}
+    now = datetime.now(UTC)
+    articles: list[Article] = []
+    built: set[str] = set()
+    for c in todo:
+        x = extracted.get(c.entry_key)
+        if x is not None and x.text is None:
+            errors.append(
+                ItemError(source.name, c.location or c.url or c.entry_key, "extract",
+                          (x.error or "no_text").split(":")[0], x.error or "")
+            )  # fmt: skip
+        art = build_article(
+            c,
+            x,
+            fetched_at=now,
+            html=html_of.get(c.entry_key),
+            page_problem=problem_of.get(c.entry_key),
+            extractor_version=EXTRACTOR_VERSION,
+        )
+        if art is None:
+            errors.append(
+                ItemError(source.name, c.location or c.url or c.entry_key, "extract", "no_text",
+                          problem_of.get(c.entry_key) or (x.error if x else None)
+                          or "the entry has no text and no page to extract")
+            )  # fmt: skip
+            continue
+        articles.append(art)
+        built.add(ids[c.entry_key])
+    # Entries whose article could not be built (no text at all) are not loaded: a later run
+    # retries them.
+    linked = [(c, aid) for c, aid in linked if aid in existing or aid in built]
+    n_new, n_dup, n_err = load_batch(source, ctx, linked, articles, errors)
+    out.new_articles += n_new
+    out.duplicates += n_dup
+    out.errors += n_err
+
+
+def _file_batches(
+    source: Source, ctx: RunContext, out: SourceOutcome
+) -> Iterator[list[Candidate]]:
+    """Read a folder in batches; pages and texts already loaded are not read again."""
+    assert source.path is not None
+    root = source.path.resolve()
+    size = ctx.settings.extract.batch_size
+    paths = list(list_files(source.name, source.path, source.glob))
+    out.entries = 0
+    single = [p for p in paths if p.suffix.lower() in {".html", ".htm", ".txt", ".md"}]
+    keys = {p: _path_key(p) for p in single}
+    known: set[str] = set()
+    for i in range(0, len(single), 5000):
+        chunk = [keys[p] for p in single[i : i + 5000]]
+        known |= ctx.warehouse.known_entries(source.name, chunk)
+    todo = [p for p in paths if p not in keys or keys[p] not in known]
+    out.entries += len(paths) - len(todo)
+    for i in range(0, len(todo), size):
+        scan = FileScan()
+        for p in todo[i : i + size]:
+            read_file(source.name, p, root, ctx.settings.fetch.max_bytes, scan)
+        out.nbytes += scan.nbytes
+        out.entries += len(scan.candidates)
+        out.warnings.extend(scan.warnings)
+        if scan.errors:
+            ctx.warehouse.record_item_errors(ctx.run_id, scan.errors)
+            out.errors += len(scan.errors)
+        yield from chunked(scan.candidates, size)
+
+
+def _path_key(p: Path) -> str:
+    canonical = canonicalize_url(p.resolve().as_uri())
+    return entry_key(None, canonical, str(p))[0]
+
+
+@task(name="source", task_run_name="source-{source.name}", cache_policy=NO_CACHE)
+def ingest_source(source: Source, ctx: RunContext) -> SourceOutcome:
+    """Run one source end to end and record its outcome; a failure is recorded, not raised."""
+    logger = get_run_logger()
+    started = datetime.now(UTC)
+    t0 = time.perf_counter()
+    out = SourceOutcome(source=source.name)
+    etag = last_modified = None
+    try:
+        batches: Iterable[list[Candidate]]
+        if source.kind == "feed":
+            fs = ctx.settings.fetch
+            state = ctx.warehouse.source_state(source.name)
+            if state.get("location") not in (None, source.url):
+                state = {}  # the URL changed: the old validators mean nothing to the new server
+            fetch = fetch_feed.with_options(
+                retries=fs.retries,
+                retry_delay_seconds=[fs.retry_backoff * 2**i for i in range(fs.retries)],
+                retry_condition_fn=_retry_transient,
+            )
+            listing = fetch(source, ctx, state)
+            if listing is None:
+                out.status, out.http_status = "not_modified", 304
+                batches = []
+            else:
+                out.http_status = listing.result.status
+                out.nbytes = len(listing.result.body)
+                out.entries = len(listing.candidates)
+                if listing.warning:
+                    out.warnings.append(listing.warning)
+                etag, last_modified = listing.result.etag, listing.result.last_modified
+                batches = chunked(listing.candidates, ctx.settings.extract.batch_size)
+        else:
+            batches = _file_batches(source, ctx, out)
+        for batch in batches:
+            process_batch(source, ctx, batch, out)
+    except SourceError as exc:
+        out.status, out.error = "error", exc.message
+        if isinstance(exc, FetchError) and exc.status:
+            out.http_status = exc.status
+        logger.error("source failed source=%s reason=%s error=%s", source.name, exc.reason, exc.message)
+    except Exception as exc:
+        logger.critical("unexpected failure source=%s error=%r", source.name, exc)
+        ctx.warehouse.record_fetch(
+            ctx.run_id, source.name, started_at=started, status="error",
+            error=f"unexpected {type(exc).__name__}: {exc}", nbytes=out.nbytes,
+            entries=out.entries, new_articles=out.new_articles, duplicates=out.duplicates,
+            errors=out.errors, pages_fetched=out.pages_fetched,
+        )  # fmt: skip
+        raise
+    out.seconds = time.perf_counter() - t0
+    ctx.warehouse.record_fetch(
+        ctx.run_id,
+        source.name,
+        started_at=started,
+        status=out.status,
+        http_status=out.http_status,
+        nbytes=out.nbytes,
+        entries=out.entries,
+        new_articles=out.new_articles,
+        duplicates=out.duplicates,
+        errors=out.errors,
+        pages_fetched=out.pages_fetched,
+        error=out.error,
+        warning="; ".join(out.warnings)[:2000] or None,
+        etag=etag,
+        last_modified=last_modified,
+    )
+    if out.status != "error":
+        logger.info(
+            "source done source=%s status=%s entries=%d new=%d duplicates=%d errors=%d "
+            "pages=%d seconds=%.2f",
+            source.name, out.status, out.entries, out.new_articles, out.duplicates,
+            out.errors, out.pages_fetched, out.seconds,
+        )  # fmt: skip
+    return out
