@@ -75,7 +75,7 @@ class ExtractSettings(_Strict):
     """Extraction processes; 0 means one per CPU core."""
     batch_size: int = Field(default=200, ge=1, le=10_000)
     """Entries fetched, extracted and loaded together (bounds memory)."""
-    min_chars: int = Field(default=1, ge=0)
+    min_chars: int = Field(default=50, ge=0)
     """Extracted text shorter than this counts as no text (the feed's content is kept)."""
     favor_precision: bool = False
     include_comments: bool = False
@@ -105,6 +105,11 @@ class Source(_Strict):
     """False: this source's articles are never merged as near-duplicates."""
     stories: bool = True
     """False: this source's articles are never merged into multi-article stories."""
+
+    @property
+    def location(self) -> str:
+        """The feed URL or the folder, as configured."""
+        return self.url if self.url is not None else str(self.path)
 
     @field_validator("name")
     @classmethod

@@ -12,10 +12,11 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.futures import wait
+from prefect.futures import PrefectFuture, wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -85,9 +86,7 @@ def ingest(config_path: str | None = None, source_names: list[str] | None = None
     run_id = str(flow_run.id or uuid.uuid4())
     wh = Warehouse(settings.warehouse.path)
     wh.migrate()
-    wh.register_sources(
-        [(s.name, s.kind, s.url if s.kind == "feed" else str(s.path)) for s in settings.sources]
-    )
+    wh.register_sources([(s.name, s.kind, s.location) for s in settings.sources])
     wh.start_run(run_id, flow_run.name, datetime.now(UTC))
     ex = settings.extract
     extractor = Extractor(
@@ -103,10 +102,12 @@ def ingest(config_path: str | None = None, source_names: list[str] | None = None
     try:
         with Fetcher(settings.fetch) as fetcher:
             ctx = RunContext(run_id, settings, wh, fetcher, extractor)
-            runner = ThreadPoolTaskRunner(max_workers=max(1, min(8, len(sources))))
+            runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
+                max_workers=max(1, min(8, len(sources)))
+            )
             with runner:
                 futures = [runner.submit(ingest_source, {"source": s, "ctx": ctx}) for s in sources]
-                wait(futures)
+                wait(list[PrefectFuture[Any]](futures))
                 for s, fut in zip(sources, futures, strict=True):
                     if fut.state.is_completed():
                         summary.outcomes.append(fut.result())

@@ -41,7 +41,9 @@ def fts_extension_path() -> str:
     import duckdb_extension_fts
 
     base = os.path.dirname(duckdb_extension_fts.__file__)
-    found = glob.glob(os.path.join(base, "extensions", f"v{duckdb.__version__}", "*.duckdb_extension"))
+    found = glob.glob(
+        os.path.join(base, "extensions", f"v{duckdb.__version__}", "*.duckdb_extension")
+    )
     found = found or glob.glob(os.path.join(base, "extensions", "*", "fts.duckdb_extension"))
     if not found:
         raise RuntimeError(f"fts extension not found under {base}")
@@ -181,7 +183,9 @@ class Warehouse:
                 [run_id, name, started_at],
             )
 
-    def finish_run(self, run_id: str, status: str, counts: dict[str, int], failed: list[str]) -> None:
+    def finish_run(
+        self, run_id: str, status: str, counts: dict[str, int], failed: list[str]
+    ) -> None:
         with self.writer() as con:
             con.execute(
                 "UPDATE runs SET ended_at = ?, status = ?, sources = ?, entries = ?, "
@@ -340,7 +344,10 @@ class Warehouse:
                 if errors:
                     con.executemany(
                         "INSERT INTO item_errors VALUES (?,?,?,?,?,?,?)",
-                        [[run_id, e.source, e.item, e.stage, e.reason, e.detail, now] for e in errors],
+                        [
+                            [run_id, e.source, e.item, e.stage, e.reason, e.detail, now]
+                            for e in errors
+                        ],
                     )
                 con.execute("COMMIT")
             except Exception:
@@ -376,8 +383,50 @@ class Warehouse:
                     "lower = 1, overwrite = 1)"
                 )
 
+    def stored_pages(self, sources: Sequence[str] | None) -> list[tuple[str, str | None, str]]:
+        """``(article_id, url, html)`` of stored pages, for re-extraction."""
+        where = "WHERE a.source IN (SELECT unnest(?))" if sources else ""
+        with self.writer() as con:
+            return con.execute(
+                f"SELECT p.article_id, coalesce(a.url, p.url), p.html FROM pages p "
+                f"JOIN articles a USING (article_id) {where} ORDER BY p.article_id",
+                [list(sources)] if sources else [],
+            ).fetchall()
+
+    def update_texts(self, rows: Sequence[tuple[str, str, str, str]]) -> int:
+        """Set ``(article_id, text, content_hash, extractor_version)``; returns rows changed."""
+        if not rows:
+            return 0
+        with self.writer() as con:
+            con.execute("BEGIN")
+            con.register(
+                "staged_texts",
+                pa.table(
+                    {
+                        "article_id": [r[0] for r in rows],
+                        "text": [r[1] for r in rows],
+                        "content_hash": [r[2] for r in rows],
+                        "extractor_version": [r[3] for r in rows],
+                    }
+                ),
+            )
+            changed = con.execute(
+                "SELECT count(*) FROM staged_texts s JOIN articles a USING (article_id) "
+                "WHERE a.text IS DISTINCT FROM s.text"
+            ).fetchone()
+            con.execute(
+                "UPDATE articles SET text = s.text, content_hash = s.content_hash, "
+                "extractor_version = s.extractor_version, text_origin = 'page', "
+                "fallback_reason = NULL "
+                "FROM staged_texts s WHERE articles.article_id = s.article_id"
+            )
+            con.execute("COMMIT")
+        return int(changed[0]) if changed else 0
+
     # -- reading --------------------------------------------------------------------------
-    def query(self, sql: str, params: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def query(
+        self, sql: str, params: Sequence[Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run read-only SQL; returns column names and rows."""
         with self.reader() as con:
             cur = con.execute(sql, params or [])
@@ -472,7 +521,9 @@ def _find_duplicates(
                               WHERE d.source = e.source AND d.entry_key = e.entry_key)
             """
         ).fetchall():
-            rows.append(_dup(source, entry_key, article_id, article_id, "canonical_url", now, run_id))
+            rows.append(
+                _dup(source, entry_key, article_id, article_id, "canonical_url", now, run_id)
+            )
     if not art_tbl.num_rows:
         return rows
     # Originals already in the warehouse (before this batch), by canonical URL and by hash.
@@ -511,9 +562,13 @@ def _find_duplicates(
         seen_ids.add(r["article_id"])
         canon, chash, aid = r["canonical_url"], r["content_hash"], r["article_id"]
         if canon and by_url.get(canon, aid) != aid:
-            rows.append(_dup(r["source"], r["entry_key"], aid, by_url[canon], "canonical_url", now, run_id))
+            rows.append(
+                _dup(r["source"], r["entry_key"], aid, by_url[canon], "canonical_url", now, run_id)
+            )
         elif by_hash.get(chash, aid) != aid:
-            rows.append(_dup(r["source"], r["entry_key"], aid, by_hash[chash], "content_hash", now, run_id))
+            rows.append(
+                _dup(r["source"], r["entry_key"], aid, by_hash[chash], "content_hash", now, run_id)
+            )
         else:
             if canon:
                 by_url.setdefault(canon, aid)
@@ -535,3 +590,19 @@ def _dup(
         "detected_at": now,
         "run_id": run_id,
     }
+
+
+def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, list[Any]]:
+    """BM25 full-text query over the index ``refresh_search_index`` builds."""
+    where = "AND a.source = ?" if source else ""
+    sql = f"""
+        SELECT a.article_id, round(s.score, 3) AS score, a.source, a.published_at, a.title, a.url
+        FROM (SELECT article_id, fts_main_articles.match_bm25(article_id, ?) AS score
+              FROM articles) s
+        JOIN articles a USING (article_id)
+        WHERE s.score IS NOT NULL {where}
+        ORDER BY s.score DESC, a.article_id
+        LIMIT ?
+    """
+    params: list[Any] = [words, *([source] if source else []), limit]
+    return sql, params

@@ -59,7 +59,7 @@ def extract_page(html: str, url: str | None, opts: ExtractOptions) -> Extracted:
         )
     except Exception as exc:  # trafilatura/lxml fail in many ways on hostile markup
         return Extracted(text=None, error=f"extractor failed: {type(exc).__name__}: {exc}")
-    if doc is None or not (doc.text or "").strip():
+    if doc is None or isinstance(doc, dict) or not (doc.text or "").strip():
         return Extracted(text=None, error="no_text: the extractor found no article text")
     text = tidy(doc.text or "")
     if len(text) < opts.min_chars:

@@ -127,9 +127,7 @@ class Fetcher:
             return read_file_url(url, source, self.settings.max_bytes)
         return self._run(self._get(url, source, etag, last_modified, accept))
 
-    def get_many(
-        self, urls: Iterable[str], *, source: str = ""
-    ) -> list[HttpResult | FetchError]:
+    def get_many(self, urls: Iterable[str], *, source: str = "") -> list[HttpResult | FetchError]:
         """GET many pages concurrently (bounded); each result is a response or its error."""
 
         async def one(u: str) -> HttpResult | FetchError:

@@ -79,7 +79,9 @@ def read_file(source: str, path: Path, root: Path, max_bytes: int, scan: FileSca
     scan.nbytes += len(raw)
     url = path.resolve().as_uri()
     if suffix in HTML_SUFFIXES:
-        scan.candidates.append(candidate_from_html_file(source, url, decode_html(raw), location=loc))
+        scan.candidates.append(
+            candidate_from_html_file(source, url, decode_html(raw), location=loc)
+        )
     elif suffix in TEXT_SUFFIXES:
         text = _decode_text(raw)
         if text is None:

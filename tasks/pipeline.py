@@ -127,7 +127,9 @@ def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedLi
         return None
     feed = parse_feed(result.body, result.url, source.name, result.headers.get("content-type"))
     if feed.warning:
-        logger.warning("ill-formed feed, read anyway source=%s problem=%s", source.name, feed.warning)
+        logger.warning(
+            "ill-formed feed, read anyway source=%s problem=%s", source.name, feed.warning
+        )
     logger.info(
         "fetched source=%s status=%s bytes=%d entries=%d",
         source.name, result.status, len(result.body), len(feed.entries),
@@ -137,9 +139,7 @@ def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedLi
 
 
 @task(name="pages", task_run_name="pages-{source.name}", cache_policy=NO_CACHE)
-def fetch_pages(
-    source: Source, ctx: RunContext, urls: list[str]
-) -> list[HttpResult | FetchError]:
+def fetch_pages(source: Source, ctx: RunContext, urls: list[str]) -> list[HttpResult | FetchError]:
     """Fetch the article pages of new entries, concurrently, within the run's bounds."""
     return ctx.fetcher.get_many(urls, source=source.name)
 
@@ -170,7 +170,9 @@ def _fetch_pages_for(source: Source, ctx: RunContext) -> bool:
     return ctx.settings.fetch.fetch_pages if source.fetch_pages is None else source.fetch_pages
 
 
-def process_batch(source: Source, ctx: RunContext, batch: list[Candidate], out: SourceOutcome) -> None:
+def process_batch(
+    source: Source, ctx: RunContext, batch: list[Candidate], out: SourceOutcome
+) -> None:
     """Fetch, extract and load the new entries of one batch."""
     wh = ctx.warehouse
     # The same entry listed twice in one feed counts once.
@@ -189,10 +191,15 @@ def process_batch(source: Source, ctx: RunContext, batch: list[Candidate], out: 
     html_of: dict[str, str] = {}
     problem_of: dict[str, str] = {}
     want_pages = _fetch_pages_for(source, ctx)
+    # Pages are fetched for feed entries only: files and JSONL lines bring their own text.
     to_fetch = [
         c
         for c in todo
-        if want_pages and c.html is None and c.url and c.url.startswith(("http://", "https://"))
+        if want_pages
+        and c.fallback_origin in ("feed_content", "feed_summary", "none")
+        and c.html is None
+        and c.url
+        and c.url.startswith(("http://", "https://"))
     ]
     if to_fetch:
         results = fetch_pages(source, ctx, [c.url for c in to_fetch if c.url])
@@ -253,9 +260,7 @@ def process_batch(source: Source, ctx: RunContext, batch: list[Candidate], out: 
     out.errors += n_err
 
 
-def _file_batches(
-    source: Source, ctx: RunContext, out: SourceOutcome
-) -> Iterator[list[Candidate]]:
+def _file_batches(source: Source, ctx: RunContext, out: SourceOutcome) -> Iterator[list[Candidate]]:
     """Read a folder in batches; pages and texts already loaded are not read again."""
     assert source.path is not None
     root = source.path.resolve()
@@ -328,7 +333,9 @@ def ingest_source(source: Source, ctx: RunContext) -> SourceOutcome:
         out.status, out.error = "error", exc.message
         if isinstance(exc, FetchError) and exc.status:
             out.http_status = exc.status
-        logger.error("source failed source=%s reason=%s error=%s", source.name, exc.reason, exc.message)
+        logger.error(
+            "source failed source=%s reason=%s error=%s", source.name, exc.reason, exc.message
+        )
     except Exception as exc:
         logger.critical("unexpected failure source=%s error=%r", source.name, exc)
         ctx.warehouse.record_fetch(

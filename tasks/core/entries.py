@@ -27,7 +27,9 @@ from tasks.core.text import content_hash, html_to_text, tidy
 from tasks.core.urls import article_id_for, canonicalize_url, entry_key
 
 
-def candidates_from_feed(source: str, feed: ParsedFeed, location: str | None = None) -> list[Candidate]:
+def candidates_from_feed(
+    source: str, feed: ParsedFeed, location: str | None = None
+) -> list[Candidate]:
     """Key each entry of a parsed feed; GUIDs reused for different links are not trusted."""
     canon = [canonicalize_url(e.url) for e in feed.entries]
     links_by_guid: dict[str, set[str | None]] = defaultdict(set)
@@ -164,8 +166,22 @@ def build_article(
     Returns None when there is no text at all (the caller records why).
     """
     reason = page_problem
+    if (
+        extracted is not None
+        and extracted.text
+        and c.fallback_origin == "feed_content"
+        and c.fallback_text
+        and len(c.fallback_text) > 2 * len(extracted.text)
+    ):
+        # A teaser page beside a full feed article: the feed's text is the better one.
+        extracted = Extracted(
+            text=None,
+            error=f"page_shorter: the page's text ({len(extracted.text)} characters) is less "
+            f"than half the feed's ({len(c.fallback_text)})",
+        )
     if extracted is not None and extracted.text:
-        text, origin = extracted.text, ("file" if c.html is not None else "page")
+        text = extracted.text
+        origin: TextOrigin = "file" if c.html is not None else "page"
         title = c.title or extracted.title
         if c.html is not None:
             title = extracted.title or c.title
@@ -181,7 +197,9 @@ def build_article(
     tags = tuple(dict.fromkeys((*c.tags, *(meta.tags if meta else ()))))
     chash = content_hash(text)
     return Article(
-        article_id=article_id_for(c.canonical_url, content_hash(c.fallback_text or c.html or c.entry_key)),
+        article_id=article_id_for(
+            c.canonical_url, content_hash(c.fallback_text or c.html or c.entry_key)
+        ),
         source=c.source,
         entry_key=c.entry_key,
         url=c.url,

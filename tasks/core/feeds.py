@@ -65,7 +65,7 @@ def _looks_like_json(body: bytes, content_type: str | None) -> bool:
 
 def _looks_like_html(body: bytes) -> bool:
     head = body[:2048].lstrip().lower()
-    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
+    return head.startswith((b"<!doctype html", b"<html"))
 
 
 def parse_feed(
@@ -138,12 +138,15 @@ def _parse_json_feed(body: bytes, url: str, source: str) -> ParsedFeed:
     for it in items:
         if not isinstance(it, dict):
             continue
-        authors = it.get("authors") or ([it["author"]] if isinstance(it.get("author"), dict) else [])
+        authors = it.get("authors") or (
+            [it["author"]] if isinstance(it.get("author"), dict) else []
+        )
         author = next(
             (_str(a.get("name")) for a in authors if isinstance(a, dict) and a.get("name")), None
         )
         link = _str(it.get("url")) or _str(it.get("external_url"))
-        tags = it.get("tags") if isinstance(it.get("tags"), list) else []
+        raw_tags = it.get("tags")
+        tags: list[Any] = raw_tags if isinstance(raw_tags, list) else []
         entries.append(
             FeedEntry(
                 guid=_str(it.get("id")),

@@ -39,7 +39,9 @@ def canonicalize_url(url: str | None, base: str | None = None) -> str | None:
         if path.startswith("//"):
             path = "/" + path.lstrip("/")
     try:
-        cleaned = courlan.normalize_url(urlunsplit((parts.scheme, parts.netloc, path, parts.query, "")))
+        cleaned = courlan.normalize_url(
+            urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+        )
     except (ValueError, TypeError):
         return None
     c = urlsplit(cleaned)

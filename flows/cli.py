@@ -1,0 +1,288 @@
+"""``newsflow``: the command line over the flows and the warehouse.
+
+Commands: ``run`` (the ingest flow), ``sql`` (read-only queries, exports), ``sources`` (health),
+``search`` (BM25 full text), ``reprocess`` (re-extract stored pages). Every command has ``--help``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from config.settings import ConfigError, Settings, default_config_path, load_config
+
+# Quieter, local-first Prefect defaults; the user's environment wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")
+
+
+def _settings(config: str | None) -> Settings:
+    try:
+        return load_config(config)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _warehouse(config: str | None, database: str | None) -> Any:
+    from tasks.db import Warehouse
+
+    path = Path(database) if database else _settings(config).warehouse.path
+    return Warehouse(path, lock_timeout=10.0)
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    s = str(v)
+    return s if len(s) <= 120 else s[:117] + "..."
+
+
+def print_table(
+    cols: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None
+) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_lines=False, header_style="bold")
+    for c in cols:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(_cell(v) for v in r))
+    Console(
+        width=max(100, min(220, os.get_terminal_size(0).columns if sys.stdin.isatty() else 160))
+    ).print(table)
+    click.echo(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+
+
+config_option = click.option(
+    "--config",
+    "-c",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"Config file (default: $NEWSFLOW_CONFIG or {default_config_path()}).",
+)
+db_option = click.option(
+    "--database", "-d", type=click.Path(dir_okay=False), default=None,
+    help="Warehouse file (default: the config's warehouse.path).",
+)  # fmt: skip
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="newsflow")
+def main() -> None:
+    """newsflow: ingest news feeds and files into a DuckDB warehouse, deduplicated."""
+
+
+@main.command()
+@config_option
+@click.option("--source", "-s", "sources", multiple=True, help="Run only this source (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def run(config: str | None, sources: tuple[str, ...], as_json: bool) -> None:
+    """Run the ingest flow over the configured sources.
+
+    Progress is logged per source as it completes; a summary follows. Exits 1 when a source
+    failed (the others are loaded all the same).
+    """
+    settings = _settings(config)
+    try:
+        settings.select(list(sources))
+    except KeyError as exc:
+        raise click.ClickException(f"unknown source(s): {exc.args[0]}") from exc
+    from flows.ingest import ingest
+
+    summary = ingest(config_path=config, source_names=list(sources) or None)
+    if as_json:
+        from flows.ingest import summary_dict
+
+        click.echo(json.dumps(summary_dict(summary), default=str, indent=2))
+    else:
+        click.echo()
+        print_table(
+            ["source", "status", "entries", "new", "duplicates", "errors", "error"],
+            [
+                (o.source, o.status, o.entries, o.new_articles, o.duplicates, o.errors, o.error)
+                for o in summary.outcomes
+            ],
+            title=f"run {summary.run_id}",
+        )
+        click.echo(
+            f"sources: {summary.sources}  entries: {summary.entries}  "
+            f"new articles: {summary.new_articles}  duplicates: {summary.duplicates}  "
+            f"failures: {summary.failures}"
+            + (f" ({', '.join(summary.failed_sources)})" if summary.failed_sources else "")
+        )
+        click.echo(f"warehouse: {summary.warehouse}")
+    if summary.failures:
+        sys.exit(1)
+
+
+def _export(cols: list[str], rows: list[tuple[Any, ...]], fmt: str, output: str | None) -> None:
+    if fmt == "table":
+        print_table(cols, rows)
+        return
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not output:
+            raise click.UsageError("--format parquet needs --output FILE")
+        pq.write_table(
+            pa.Table.from_pylist([dict(zip(cols, r, strict=True)) for r in rows]), output
+        )
+        click.echo(f"wrote {len(rows)} rows to {output}", err=True)
+        return
+    buf = io.StringIO()
+    if fmt == "csv":
+        w = csv.writer(buf)
+        w.writerow(cols)
+        w.writerows(["" if v is None else v for v in r] for r in rows)
+    else:
+        json.dump([dict(zip(cols, r, strict=True)) for r in rows], buf, default=str, indent=1)
+        buf.write("\n")
+    if output:
+        Path(output).write_text(buf.getvalue(), encoding="utf-8")
+        click.echo(f"wrote {len(rows)} rows to {output}", err=True)
+    else:
+        click.echo(buf.getvalue(), nl=False)
+
+
+def _run_sql(wh: Any, query: str, fmt: str, output: str | None) -> None:
+    import duckdb
+
+    try:
+        cols, rows = wh.query(query)
+    except duckdb.Error as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _export(cols, rows, fmt, output)
+
+
+@main.command()
+@click.argument("query", required=False)
+@config_option
+@db_option
+@click.option(
+    "--format", "-f", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table", show_default=True, help="Output format.",
+)  # fmt: skip
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file.")
+def sql(
+    query: str | None, config: str | None, database: str | None, fmt: str, output: str | None
+) -> None:
+    """Run read-only SQL on the warehouse; with no QUERY, an interactive prompt.
+
+    \b
+    Examples:
+      newsflow sql "SELECT source, count(*) FROM articles GROUP BY ALL"
+      newsflow sql "SELECT * FROM articles" --format parquet --output articles.parquet
+    At the prompt, end a statement with ';' and leave with .quit or Ctrl-D.
+    """
+    wh = _warehouse(config, database)
+    if query:
+        _run_sql(wh, query, fmt, output)
+        return
+    click.echo(
+        "newsflow SQL (read-only). End statements with ';'. .tables lists tables, .quit leaves."
+    )
+    buf: list[str] = []
+    while True:
+        try:
+            line = input("newsflow> " if not buf else "     ...> ")
+        except EOFError:
+            break
+        stripped = line.strip()
+        if not buf and stripped in (".quit", ".exit", "\\q"):
+            break
+        if not buf and stripped == ".tables":
+            _run_sql(wh, "SELECT table_name, table_type FROM information_schema.tables "
+                         "WHERE table_schema = 'main' ORDER BY 1", "table", None)  # fmt: skip
+            continue
+        buf.append(line)
+        if stripped.endswith(";"):
+            statement = "\n".join(buf).strip().rstrip(";")
+            buf = []
+            try:
+                _run_sql(wh, statement, fmt, output)
+            except click.ClickException as exc:
+                click.echo(f"Error: {exc.message}", err=True)
+
+
+@main.command()
+@config_option
+@db_option
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def sources(config: str | None, database: str | None, as_json: bool) -> None:
+    """List sources with their health: last fetch, status, error and counts."""
+    settings = _settings(config)
+    wh = _warehouse(config, database)
+    state: dict[str, tuple[Any, ...]] = {}
+    cols = ["last_fetch_at", "last_status", "last_http_status", "consecutive_failures",
+            "entries_total", "articles_total", "duplicates_total", "last_error"]  # fmt: skip
+    if wh.path.exists():
+        _, rows = wh.query(f"SELECT name, {', '.join(cols)} FROM sources")
+        state = {r[0]: r[1:] for r in rows}
+    out = []
+    for s in settings.sources:
+        st = state.get(s.name, (None,) * len(cols))
+        loc = s.location
+        out.append((s.name, s.kind, loc, "yes" if s.enabled else "no", *st))
+    header = ["name", "kind", "location", "enabled", *cols]
+    if as_json:
+        click.echo(
+            json.dumps([dict(zip(header, r, strict=True)) for r in out], default=str, indent=1)
+        )
+    else:
+        print_table(["name", "kind", "location", "on", "last fetch", "status", "http", "fails",
+                     "entries", "articles", "dups", "error"], out)  # fmt: skip
+
+
+@main.command()
+@click.argument("words")
+@config_option
+@db_option
+@click.option("--limit", "-n", default=10, show_default=True, help="How many results.")
+@click.option("--source", "-s", "source", default=None, help="Only this source's articles.")
+@click.option(
+    "--format", "-f", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+    show_default=True, help="Output format.",
+)  # fmt: skip
+def search(
+    words: str, config: str | None, database: str | None, limit: int, source: str | None, fmt: str
+) -> None:
+    """Rank articles by full-text relevance (BM25 over title and text)."""
+    wh = _warehouse(config, database)
+    from tasks.db import search_sql
+
+    q, params = search_sql(words, limit, source)
+    try:
+        cols, rows = wh.query(q, params)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _export(cols, rows, fmt, None)
+
+
+@main.command()
+@config_option
+@click.option("--source", "-s", "sources", multiple=True, help="Only this source (repeatable).")
+def reprocess(config: str | None, sources: tuple[str, ...]) -> None:
+    """Re-extract stored pages with the installed Trafilatura, without refetching."""
+    settings = _settings(config)
+    from tasks.reprocess import reprocess_pages
+
+    n, changed = reprocess_pages(settings, list(sources) or None)
+    click.echo(f"re-extracted {n} pages; {changed} articles changed")
+
+
+if __name__ == "__main__":
+    main()
