@@ -601,6 +601,8 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
               FROM articles) s
         JOIN articles a USING (article_id)
         WHERE s.score IS NOT NULL {where}
+          AND NOT EXISTS (SELECT 1 FROM duplicates d
+                          WHERE d.article_id = a.article_id AND d.duplicate_of <> a.article_id)
         ORDER BY s.score DESC, a.article_id
         LIMIT ?
     """

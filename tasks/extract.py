@@ -20,7 +20,6 @@ import trafilatura
 from trafilatura.utils import decode_file
 
 from tasks.core.models import Extracted
-from tasks.core.text import tidy
 
 EXTRACTOR_VERSION = f"trafilatura {trafilatura.__version__}"
 _HTML_LANG = re.compile(rb"<html[^>]*\blang\s*=\s*[\"']?([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]+)?", re.I)
@@ -61,7 +60,7 @@ def extract_page(html: str, url: str | None, opts: ExtractOptions) -> Extracted:
         return Extracted(text=None, error=f"extractor failed: {type(exc).__name__}: {exc}")
     if doc is None or isinstance(doc, dict) or not (doc.text or "").strip():
         return Extracted(text=None, error="no_text: the extractor found no article text")
-    text = tidy(doc.text or "")
+    text = (doc.text or "").strip()  # Trafilatura's text as it gives it: no quality lost here
     if len(text) < opts.min_chars:
         return Extracted(text=None, error=f"too_short: {len(text)} characters")
     tags: list[str] = []

@@ -16,13 +16,16 @@ from typing import Any
 from urllib.parse import urljoin
 
 import feedparser
+from feedparser.datetimes import _parse_date
 
 from tasks.core.errors import FeedParseError
 from tasks.core.models import FeedEntry, ParsedFeed
+from tasks.core.text import html_to_text
 
 feedparser.RESOLVE_RELATIVE_URIS = True
 feedparser.SANITIZE_HTML = True
 
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
 _JSONFEED_VERSION = re.compile(r"^https?://jsonfeed\.org/version/1(\.\d+)?/?$")
 
 
@@ -43,7 +46,7 @@ def parse_datetime(value: str | None) -> datetime | None:
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
     except ValueError:
-        parsed = feedparser._parse_date(v)  # RFC 822, W3C-DTF and the rest of feedparser's zoo
+        parsed = _parse_date(v)  # RFC 822, W3C-DTF and the rest of feedparser's zoo
         return _struct_to_dt(parsed)
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
@@ -112,10 +115,13 @@ def _entry_from_feedparser(e: Mapping[str, Any], base: str) -> FeedEntry:
             if lk.get("rel", "alternate") == "alternate" and lk.get("href"):
                 link = lk["href"]
                 break
+    title = _str(e.get("title"))
+    if title and (e.get("title_detail") or {}).get("type") in _HTML_TYPES:
+        title = html_to_text(title) or None
     return FeedEntry(
         guid=_str(e.get("id")),
         url=urljoin(base, link) if link else None,
-        title=_str(e.get("title")),
+        title=title,
         summary=summary,
         content=content,
         author=_str(e.get("author")),
