@@ -38,7 +38,10 @@ def test_defaults_are_sensible():
             "[[sources]]\nname = 'a'\nkind = 'rss'\nurl = 'http://x'\n",
             "cfg.toml: sources[0].kind: Input should be 'feed' or 'files'",
         ),
-        ("[[sources]]\nname = 'a'\nkind = 'feed'\n", "cfg.toml: sources[0]: a feed source needs 'url'"),
+        (
+            "[[sources]]\nname = 'a'\nkind = 'feed'\n",
+            "cfg.toml: sources[0]: a feed source needs 'url'",
+        ),
         (
             "[[sources]]\nname = 'a'\nkind = 'feed'\nurl = 'ftp://x/y'\n",
             "scheme must be http, https or file",

@@ -1,0 +1,41 @@
+# newsflow: `make demo` sets everything up and runs the demo; `make test` sets up and tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test check lint typecheck pytest bench fmt clean
+
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: $(STAMP)  ## set up, then ingest the bundled demo sources into warehouse/news.duckdb
+	$(BIN)/newsflow run
+
+test: check pytest  ## set up, lint, type-check and run the whole test suite
+
+check: lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench: $(STAMP)  ## end-to-end throughput over ../shared/corpus, served on 127.0.0.1
+	$(BIN)/python bench/ingest_e2e.py
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) warehouse/news.duckdb warehouse/news.duckdb.wal
