@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import re
 import resource
@@ -42,9 +43,7 @@ def _pairs(labels: Mapping[str, Hashable]) -> set[tuple[str, str]]:
     return {(a, b) for ids in by.values() for a, b in combinations(sorted(ids), 2)}
 
 
-def pairwise_prf(
-    pred: Mapping[str, Hashable], gold: Mapping[str, Hashable]
-) -> dict[str, float]:
+def pairwise_prf(pred: Mapping[str, Hashable], gold: Mapping[str, Hashable]) -> dict[str, float]:
     """Pairwise precision, recall and F1 of a clustering (labels per id; ids of ``gold`` only)."""
     ids = set(gold)
     p = _pairs({i: lab for i, lab in pred.items() if i in ids})
@@ -113,7 +112,9 @@ def load_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def ecb_docs(rows: Iterable[Mapping[str, Any]]) -> list[stories.StoryDoc]:
     """ECB+ rows as story documents (undated, like the data)."""
-    return [stories.StoryDoc(id=r["id"], title=r["title"] or "", text=r["text"] or "") for r in rows]
+    return [
+        stories.StoryDoc(id=r["id"], title=r["title"] or "", text=r["text"] or "") for r in rows
+    ]
 
 
 def read_seed(path: Path) -> stories.StoryDoc:
@@ -162,6 +163,11 @@ def wire_copy(doc: stories.StoryDoc, rng: random.Random) -> stories.StoryDoc:
 # --- incremental reference driver (what the pipeline does with SQL) ---------------------------
 
 
+def _stamp(doc: stories.StoryDoc) -> float:
+    t = doc.time
+    return t.timestamp() if t is not None else math.nan
+
+
 @dataclass
 class MemoryStore:
     """In-memory stand-in for the warehouse tables the story step needs.
@@ -176,21 +182,37 @@ class MemoryStore:
     overrides: stories.Overrides = field(default_factory=stories.Overrides)
     docs: dict[str, stories.StoryDoc] = field(default_factory=dict)
     assignments: dict[str, stories.Assignment] = field(default_factory=dict)
-    postings: dict[str, set[str]] = field(default_factory=dict)
+    postings: dict[str, list[str]] = field(default_factory=dict)
+    stamps: dict[str, float] = field(default_factory=dict)
+    prune: bool = False
     groups: dict[str, set[str]] = field(default_factory=dict)
 
     def add(self, batch: Sequence[stories.StoryDoc]) -> list[stories.Assignment]:
         """Assign a batch, loading neighbours by blocking terms, then whole groups."""
-        terms = {
-            d.id: stories.blocking_terms(
-                stories.term_weights(d, self.df, self.n_docs, self.params), self.params
-            )
-            for d in batch
+        feats = {
+            f.article_id: f for f in stories.featurise(batch, self.df, self.n_docs, self.params)
         }
-        cand: set[str] = set()
+        terms = {i: f.blocking for i, f in feats.items()}
+        # Candidates: stored articles sharing a blocking term and close enough in time. With
+        # ``prune`` (batches fed in time order) postings older than the window are dropped; the
+        # warehouse filters on time in SQL instead. Extra candidates are harmless.
+        window = self.params.window.total_seconds()
+        by_term: dict[str, list[float]] = {}
         for d in batch:
             for t in terms[d.id]:
-                cand |= self.postings.get(t, set())
+                by_term.setdefault(t, []).append(_stamp(d))
+        cand: set[str] = set()
+        for t, stamps in by_term.items():
+            posting = self.postings.get(t)
+            if not posting:
+                continue
+            if any(math.isnan(x) for x in stamps):
+                cand.update(posting)
+                continue
+            lo, hi = min(stamps) - window, max(stamps) + window
+            if self.prune:
+                posting[:] = [i for i in posting if not self.stamps[i] < lo]
+            cand.update(i for i in posting if not (self.stamps[i] < lo or self.stamps[i] > hi))
         for a, b in self.overrides.must_link:
             for x, y in ((a, b), (b, a)):
                 if x in terms and y in self.docs:
@@ -202,20 +224,22 @@ class MemoryStore:
             for i in sorted(self.groups[g])
         ]
         result = stories.assign_stories(
-            batch, neighbours, self.df, self.n_docs, self.params, self.overrides
+            batch, neighbours, self.df, self.n_docs, self.params, self.overrides, feats
         )
         for d in batch:
+            if d.id not in self.docs:
+                for t in terms[d.id]:
+                    self.postings.setdefault(t, []).append(d.id)
             self.docs[d.id] = d
-            for t in terms[d.id]:
-                self.postings.setdefault(t, set()).add(d.id)
-        for a in result:
-            old = self.assignments.get(a.article_id)
+            self.stamps[d.id] = _stamp(d)
+        for asg in result:
+            old = self.assignments.get(asg.article_id)
             if old is not None:
-                self.groups[old.group_id].discard(a.article_id)
+                self.groups[old.group_id].discard(asg.article_id)
                 if not self.groups[old.group_id]:
                     del self.groups[old.group_id]
-            self.assignments[a.article_id] = a
-            self.groups.setdefault(a.group_id, set()).add(a.article_id)
+            self.assignments[asg.article_id] = asg
+            self.groups.setdefault(asg.group_id, set()).add(asg.article_id)
         return result
 
     def story_of(self) -> dict[str, str]:
@@ -347,10 +371,12 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
     vx = sum((a - mx) ** 2 for a in rx) ** 0.5
     vy = sum((b - my) ** 2 for b in ry) ** 0.5
-    return cov / (vx * vy)
+    return float(cov / (vx * vy))
 
 
-def synthetic_corpus(rows: list[dict[str, Any]], size: int, seed: int = 1) -> list[stories.StoryDoc]:
+def synthetic_corpus(
+    rows: list[dict[str, Any]], size: int, seed: int = 1
+) -> list[stories.StoryDoc]:
     """Replicate ECB+ ``size`` articles: each replica of a story gets its own week, articles
     spread over two days, 10% of sentences dropped and a replica tag in the title."""
     rng = random.Random(seed)
@@ -391,7 +417,7 @@ def eval_scale(
     sigs = neardup.compute_signatures((d.title + "\n" + d.text for d in docs), nd_params)
     bands = [neardup.band_keys(s, nd_params) for s in sigs]
     t1 = time.perf_counter()
-    store = MemoryStore(df=df, n_docs=n, params=params)
+    store = MemoryStore(df=df, n_docs=n, params=params, prune=True)
     for i in range(0, len(docs), batch):
         store.add(docs[i : i + batch])
     t2 = time.perf_counter()
