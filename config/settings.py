@@ -10,6 +10,7 @@ README's commands are used. ``NEWSFLOW_CONFIG`` names the default file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -68,6 +69,22 @@ class FetchSettings(_Strict):
     """First retry delay; doubles each retry, unless the server sends Retry-After."""
     max_retry_after: PositiveFloat = 120.0
     """Longest Retry-After honoured inside one run; longer ones fail the fetch."""
+    block_private: bool = True
+    """Refuse links to loopback, private, link-local and other non-public addresses."""
+    allow_hosts: list[str] = []
+    """Host names exempt from the address guard (hosts of configured feed URLs always are)."""
+    allow_networks: list[str] = []
+    """Networks exempt from the address guard, e.g. ``["10.1.2.0/24"]``."""
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for n in v:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{n!r} is not a network: {exc}") from None
+        return v
 
 
 class ExtractSettings(_Strict):

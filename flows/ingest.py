@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -100,7 +101,8 @@ def ingest(config_path: str | None = None, source_names: list[str] | None = None
     )
     summary = RunSummary(run_id=run_id, status="running", warehouse=str(settings.warehouse.path))
     try:
-        with Fetcher(settings.fetch) as fetcher:
+        feed_hosts = [urlsplit(s.url).hostname or "" for s in sources if s.url]
+        with Fetcher(settings.fetch, trusted_hosts=feed_hosts) as fetcher:
             ctx = RunContext(run_id, settings, wh, fetcher, extractor)
             runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
                 max_workers=max(1, min(8, len(sources)))

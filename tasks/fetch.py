@@ -27,6 +27,7 @@ import httpx
 from config.settings import FetchSettings
 from tasks.core.errors import FetchError, TooLargeError
 from tasks.core.models import HttpResult
+from tasks.guard import AddressPolicy, BlockedAddressError, GuardedBackend, ResolveError
 
 T = TypeVar("T")
 
@@ -70,8 +71,11 @@ def read_file_url(url: str, source: str, max_bytes: int) -> HttpResult:
 class Fetcher:
     """Bounded, polite HTTP GETs shared by every task of a run. Close it when done."""
 
-    def __init__(self, settings: FetchSettings) -> None:
+    def __init__(self, settings: FetchSettings, trusted_hosts: Iterable[str] = ()) -> None:
         self.settings = settings
+        self.policy = AddressPolicy.build(
+            settings.block_private, [*settings.allow_hosts, *trusted_hosts], settings.allow_networks
+        )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="fetch")
         self._thread.start()
@@ -83,13 +87,17 @@ class Fetcher:
 
     async def _make_client(self) -> httpx.AsyncClient:
         s = self.settings
+        limits = httpx.Limits(
+            max_connections=s.concurrency, max_keepalive_connections=s.concurrency
+        )
+        transport = httpx.AsyncHTTPTransport(http2=True, limits=limits)
+        # The address guard sits where connections are made: every hop, the checked address.
+        pool = transport._pool
+        pool._network_backend = GuardedBackend(self.policy, pool._network_backend)
         return httpx.AsyncClient(
-            http2=True,
+            transport=transport,
             follow_redirects=False,
             timeout=httpx.Timeout(s.timeout),
-            limits=httpx.Limits(
-                max_connections=s.concurrency, max_keepalive_connections=s.concurrency
-            ),
             headers={"User-Agent": s.user_agent, "Accept-Encoding": "gzip, deflate"},
             trust_env=False,
         )
@@ -208,6 +216,10 @@ class Fetcher:
                         raise TooLargeError(source, f"{url}: body over the {cap}-byte cap")
                     chunks.append(chunk)
                 return resp.status_code, h, b"".join(chunks)
+        except BlockedAddressError as exc:
+            raise FetchError(source, f"{url}: {exc}", reason="blocked_address") from exc
+        except ResolveError as exc:
+            raise FetchError(source, f"{url}: {exc}", reason="dns_error") from exc
         except httpx.TimeoutException as exc:
             raise FetchError(
                 source, f"{url}: timed out ({type(exc).__name__})", transient=True

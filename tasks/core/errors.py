@@ -43,8 +43,11 @@ class FetchError(SourceError):
         transient: bool = False,
         status: int | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(source, message)
+        if reason:
+            self.reason = reason
         self.transient = transient
         self.status = status
         self.retry_after = retry_after
