@@ -377,8 +377,8 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
 def synthetic_corpus(
     rows: list[dict[str, Any]], size: int, seed: int = 1
 ) -> list[stories.StoryDoc]:
-    """Replicate ECB+ ``size`` articles: each replica of a story gets its own week, articles
-    spread over two days, 10% of sentences dropped and a replica tag in the title."""
+    """Replicate ECB+ to ``size`` articles: each replica of a story gets its own week (stories
+    start on different weekdays), its articles spread over two days, 10% of sentences dropped."""
     rng = random.Random(seed)
     base = datetime(2024, 1, 1)
     out: list[stories.StoryDoc] = []
@@ -394,7 +394,7 @@ def synthetic_corpus(
             out.append(
                 stories.StoryDoc(
                     id=f"r{r:04d}:{row['id']}",
-                    title=f"{row['title'] or ''} ({r})",
+                    title=row["title"] or "",
                     text=" ".join(kept),
                     published=day,
                 )

@@ -101,8 +101,12 @@ class ExtractSettings(_Strict):
 
 class DedupSettings(_Strict):
     near_duplicates: bool = True
+    """Link wire copies and lightly edited reprints (MinHash-LSH) to their canonical copy."""
     stories: bool = True
-    window_hours: PositiveFloat = 72.0
+    """Cluster articles about the same event into stories."""
+    window_hours: PositiveFloat = 24.0
+    """Articles further apart in time (published, else fetched) are never linked directly: a
+    next-day follow-up is a story of its own, and a story cannot swallow months of a topic."""
 
 
 class Source(_Strict):

@@ -10,8 +10,10 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +120,8 @@ def run(config: str | None, sources: tuple[str, ...], as_json: bool) -> None:
         click.echo(
             f"sources: {summary.sources}  entries: {summary.entries}  "
             f"new articles: {summary.new_articles}  duplicates: {summary.duplicates}  "
+            f"near-duplicates: {summary.near_duplicates}  "
+            f"stories touched: {summary.stories_touched}  "
             f"failures: {summary.failures}"
             + (f" ({', '.join(summary.failed_sources)})" if summary.failed_sources else "")
         )
@@ -282,6 +286,142 @@ def reprocess(config: str | None, sources: tuple[str, ...]) -> None:
 
     n, changed = reprocess_pages(settings, list(sources) or None)
     click.echo(f"re-extracted {n} pages; {changed} articles changed")
+
+
+def parse_since(value: str) -> timedelta | None:
+    """``24h``, ``90m``, ``7d``, ``2w`` or ``all``."""
+    m = re.fullmatch(r"\s*(\d+)\s*([mhdw])\s*", value.lower())
+    if value.strip().lower() == "all":
+        return None
+    if not m:
+        raise click.BadParameter("use a number and a unit (m, h, d, w), e.g. 24h, or 'all'")
+    n, unit = int(m.group(1)), m.group(2)
+    return timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
+
+
+@main.command("stories")
+@config_option
+@db_option
+@click.option(
+    "--since",
+    default="24h",
+    show_default=True,
+    help="Stories seen within this time (published, else fetched): 24h, 7d, all.",
+)
+@click.option("--limit", "-n", default=20, show_default=True, help="How many stories.")
+@click.option(
+    "--min-outlets", default=1, show_default=True, help="Only stories with this many outlets."
+)
+@click.option(
+    "--format", "-f", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+    show_default=True, help="Output format.",
+)  # fmt: skip
+def stories_cmd(
+    config: str | None, database: str | None, since: str, limit: int, min_outlets: int, fmt: str
+) -> None:
+    """List stories by how many outlets carry them, with their headlines."""
+    wh = _warehouse(config, database)
+    delta = parse_since(since)
+    cutoff = datetime.now(UTC) - delta if delta else datetime(1, 1, 1, tzinfo=UTC)
+    sql = """
+        SELECT s.story_id, s.n_outlets AS outlets, s.n_articles AS articles,
+               s.last_seen_at AS last_seen, s.title,
+               (SELECT string_agg(DISTINCT a.title, ' | ')
+                FROM story_articles m JOIN articles a USING (article_id)
+                WHERE m.story_id = s.story_id AND a.article_id <> s.story_id
+                  AND a.title IS DISTINCT FROM s.title) AS other_headlines
+        FROM stories s
+        WHERE s.last_seen_at >= ? AND s.n_outlets >= ?
+        ORDER BY s.n_outlets DESC, s.n_articles DESC, s.last_seen_at DESC, s.story_id
+        LIMIT ?
+    """
+    try:
+        cols, rows = wh.query(sql, [cutoff, min_outlets, limit])
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    _export(cols, rows, fmt, None)
+
+
+@main.command("story")
+@click.argument("story_id")
+@config_option
+@db_option
+@click.option(
+    "--format", "-f", "fmt", type=click.Choice(["table", "csv", "json"]), default="table",
+    show_default=True, help="Output format.",
+)  # fmt: skip
+def story_cmd(story_id: str, config: str | None, database: str | None, fmt: str) -> None:
+    """Show a story's articles and why each one is in it.
+
+    STORY_ID may also be the id of any article in the story.
+    """
+    wh = _warehouse(config, database)
+    sql = """
+        WITH target AS (
+            SELECT story_id FROM story_articles WHERE article_id = ? OR story_id = ? LIMIT 1
+        )
+        SELECT m.article_id, o.outlet, a.published_at, a.title, m.reason,
+               m.linked_to, m.score, m.cohesion, m.threshold,
+               d.level AS copy_level, d.duplicate_of AS copy_of, d.score AS copy_score
+        FROM story_articles m
+        JOIN target USING (story_id)
+        JOIN articles a USING (article_id)
+        JOIN article_outlets o USING (article_id)
+        LEFT JOIN duplicates d ON d.article_id = m.article_id AND d.duplicate_of <> m.article_id
+        ORDER BY m.is_representative DESC, coalesce(a.published_at, a.fetched_at), m.article_id
+    """
+    try:
+        cols, rows = wh.query(sql, [story_id, story_id])
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if not rows:
+        raise click.ClickException(f"no story or article {story_id!r}")
+    if fmt == "table":
+        click.echo(
+            "reason: similar = cosine with linked_to >= threshold (average linkage: cohesion is "
+            "the mean cosine with the other members); copy_level = exact or near duplicate"
+        )
+    _export(cols, rows, fmt, None)
+
+
+@main.command()
+@click.argument("action", type=click.Choice(["split", "merge"]))
+@click.argument("article_a")
+@click.argument("article_b")
+@config_option
+@click.option("--note", default=None, help="Why (kept with the override).")
+def override(
+    action: str, article_a: str, article_b: str, config: str | None, note: str | None
+) -> None:
+    """Undo a wrong merge (split) or force one (merge) between two articles.
+
+    Later runs respect it; the two articles' stories are re-clustered now.
+    """
+    settings = _settings(config)
+    from tasks.db import Warehouse
+    from tasks.dedup import add_override, cluster_pending
+
+    wh = Warehouse(settings.warehouse.path)
+    wh.migrate()
+    try:
+        add_override(wh, article_a, article_b, action, note)
+    except KeyError as exc:
+        raise click.ClickException(str(exc.args[0])) from exc
+    r = cluster_pending(wh, settings)
+    click.echo(f"{action}: {article_a} / {article_b} recorded; re-clustered {r.articles} articles")
+
+
+@main.command()
+@config_option
+def cluster(config: str | None) -> None:
+    """Run near-duplicate detection and story clustering on articles not yet clustered."""
+    from flows.cluster import cluster_flow
+
+    r = cluster_flow(config_path=config)
+    click.echo(
+        f"clustered {r.articles} articles: {r.near_duplicates} near-duplicates, "
+        f"{r.stories_touched} stories touched"
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Runs against Prefect's local ephemeral API by default and against a Prefect serv
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -25,7 +26,7 @@ from config.settings import load_config
 from tasks.db import Warehouse
 from tasks.extract import ExtractOptions, Extractor
 from tasks.fetch import Fetcher
-from tasks.pipeline import RunContext, SourceOutcome, ingest_source
+from tasks.pipeline import RunContext, SourceOutcome, cluster_stories, ingest_source
 
 
 @dataclass
@@ -37,6 +38,8 @@ class RunSummary:
     new_articles: int = 0
     duplicates: int = 0
     failures: int = 0
+    near_duplicates: int = 0
+    stories_touched: int = 0
     failed_sources: list[str] = field(default_factory=list)
     outcomes: list[SourceOutcome] = field(default_factory=list)
     warehouse: str = ""
@@ -64,7 +67,8 @@ def summary_markdown(s: RunSummary) -> str:
         f"- sources: **{s.sources}**, failed: **{s.failures}**",
         f"- entries listed: **{s.entries}**",
         f"- new articles: **{s.new_articles}**",
-        f"- duplicates: **{s.duplicates}**",
+        f"- duplicates: **{s.duplicates}** exact, **{s.near_duplicates}** near",
+        f"- stories touched: **{s.stories_touched}**",
         "",
         "| source | status | HTTP | entries | new | duplicates | item errors | pages | error |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -127,6 +131,9 @@ def ingest(config_path: str | None = None, source_names: list[str] | None = None
             summary.failures += 1
             summary.failed_sources.append(o.source)
     if summary.new_articles or summary.duplicates:
+        dedup = cluster_stories(settings, wh)
+        summary.near_duplicates = dedup.near_duplicates
+        summary.stories_touched = dedup.stories_touched
         wh.refresh_search_index()
     summary.status = "completed_with_failures" if summary.failures else "completed"
     wh.finish_run(run_id, summary.status, summary.counts(), summary.failed_sources)
@@ -157,6 +164,7 @@ def summary_dict(s: RunSummary) -> dict[str, object]:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     cfg = sys.argv[1] if len(sys.argv) > 1 else None
     result = ingest(cfg if cfg is None else str(Path(cfg)))
     sys.stdout.write(f"{result.status}: {result.new_articles} new articles\n")

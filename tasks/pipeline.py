@@ -33,6 +33,7 @@ from tasks.core.feeds import parse_feed
 from tasks.core.models import Article, Candidate, Extracted, HttpResult, ItemError
 from tasks.core.urls import canonicalize_url, entry_key
 from tasks.db import Warehouse
+from tasks.dedup import DedupResult, cluster_pending
 from tasks.extract import EXTRACTOR_VERSION, Extractor, decode_html
 from tasks.fetch import Fetcher
 from tasks.files import FileScan, list_files, read_file
@@ -163,6 +164,19 @@ def load_batch(
     """Load one batch into the warehouse in one transaction: (new articles, duplicates, errors)."""
     r = ctx.warehouse.load_batch(ctx.run_id, linked, articles, errors)
     return r.new_articles, r.duplicates, r.errors
+
+
+@task(name="cluster-stories", task_run_name="cluster-stories", cache_policy=NO_CACHE)
+def cluster_stories(settings: Settings, wh: Warehouse) -> DedupResult:
+    """Near-duplicates and story clusters for every article not yet clustered."""
+    logger = get_run_logger()
+    r = cluster_pending(wh, settings)
+    logger.info(
+        "clustered articles=%d near_duplicates=%d stories_touched=%d seconds=%s",
+        r.articles, r.near_duplicates, r.stories_touched,
+        {k: round(v, 2) for k, v in r.seconds.items()},
+    )  # fmt: skip
+    return r
 
 
 # -- one source, batch by batch --------------------------------------------------------------

@@ -352,7 +352,7 @@ def test_files_source_reads_every_kind_and_records_bad_items(tmp_path, make_conf
         ("broken.xml", "no_text"),  # its one recoverable item has a title and nothing else
     }
     assert db("SELECT published_at::VARCHAR, site_name FROM articles WHERE title = 'Line one'") == [
-        ("2026-03-01 10:00:00+00", None)
+        ("2026-03-01 10:00:00+00", "wire.invalid")
     ]
     assert s.status == "completed" and s.new_articles == 7
 

@@ -39,7 +39,11 @@ def candidates_from_feed(
     out: list[Candidate] = []
     for e, c in zip(feed.entries, canon, strict=True):
         usable = bool(e.guid) and len(links_by_guid[(e.guid or "").strip()]) == 1
-        out.append(candidate_from_entry(source, e, c, guid_usable=usable, location=location))
+        out.append(
+            candidate_from_entry(
+                source, e, c, guid_usable=usable, location=location, site_name=feed.title
+            )
+        )
     return out
 
 
@@ -50,6 +54,7 @@ def candidate_from_entry(
     *,
     guid_usable: bool = True,
     location: str | None = None,
+    site_name: str | None = None,
 ) -> Candidate:
     text: str | None = None
     origin: TextOrigin = "none"
@@ -74,6 +79,7 @@ def candidate_from_entry(
         fallback_text=text,
         fallback_origin=origin,
         location=location,
+        site_name=site_name,
     )
 
 
@@ -139,10 +145,11 @@ def candidate_from_record(source: str, record: object, *, location: str) -> Cand
         title=title,
         author=record.get("author") if isinstance(record.get("author"), str) else None,
         published_at=parse_datetime(published) if isinstance(published, str) else None,
-        tags=(f"outlet:{outlet}",) if isinstance(outlet, str) and outlet else (),
+        tags=(),
         fallback_text=body,
         fallback_origin="jsonl",
         location=location,
+        site_name=outlet if isinstance(outlet, str) and outlet else None,
     )
 
 
@@ -159,7 +166,6 @@ def build_article(
     html: str | None,
     page_problem: str | None,
     extractor_version: str | None,
-    site_name: str | None = None,
 ) -> Article | None:
     """The article row for an entry, from the page's extraction or else the entry's own text.
 
@@ -208,7 +214,7 @@ def build_article(
         text=text,
         author=c.author or (meta.author if meta else None),
         published_at=published,
-        site_name=(meta.site_name if meta else None) or site_name,
+        site_name=(meta.site_name if meta else None) or c.site_name,
         language=meta.language if meta else None,
         tags=tags,
         content_hash=chash,

@@ -78,6 +78,8 @@ class Candidate:
     """An HTML page to extract (a local .html file); pages of feeds are fetched later."""
     location: str | None = None
     """Where the item came from when it is not the URL (a file path, ``file.jsonl:12``)."""
+    site_name: str | None = None
+    """The outlet as the source names it (a feed's title, a JSONL line's ``source``)."""
 
 
 @dataclass(frozen=True)

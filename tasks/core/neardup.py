@@ -23,8 +23,8 @@ Algorithm
 Persisting across runs: store each article's :class:`Signature` (``to_bytes()``: 4 bytes per bin,
 plus ``n_shingles``) and one row per band ``(article_id, band, bucket)`` from :func:`band_keys`.
 Candidates of a new article are ``SELECT DISTINCT b2.article_id FROM bands b1 JOIN bands b2
-USING (band, bucket)``; every value here is deterministic, so rows written by earlier runs stay valid
-as long as :class:`NearDupParams` is unchanged.
+USING (band, bucket)``; every value here is deterministic, so rows written by earlier runs stay
+valid as long as :class:`NearDupParams` is unchanged.
 """
 
 from __future__ import annotations

@@ -11,9 +11,10 @@ Each article becomes a sparse TF-IDF vector over two kinds of terms:
   earthquakes or two different rehab check-ins which share all their topic words.
 
 Words in the title and the first ``lead_words`` words of the body count ``lead_weight`` times.
-Term frequency is sub-linear (``1 + ln tf``) and IDF is ``(ln((N + 1) / (df + 1)) + 1) ** idf_power``
-with ``df``/``N`` *passed in*: the pipeline keeps the document frequency of every term returned by
-:func:`document_terms` in a table. Similarity is the cosine of the L2-normalised vectors.
+Term frequency is sub-linear (``1 + ln tf``) and IDF is
+``(ln((N + 1) / (df + 1)) + 1) ** idf_power`` with ``df``/``N`` *passed in*: the pipeline keeps
+the document frequency of every term returned by :func:`document_terms` (or
+:func:`featurise`) in a table. Similarity is the cosine of the L2-normalised vectors.
 
 Clustering
 ----------
@@ -47,10 +48,12 @@ and the pipeline upserts all of them (a late, earlier-published article can chan
 
 from __future__ import annotations
 
+import heapq
 import math
 import re
+from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -60,6 +63,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.spatial.distance import squareform
 
 __all__ = [
+    "ArticleFeatures",
     "Assignment",
     "Overrides",
     "StoryDoc",
@@ -68,11 +72,18 @@ __all__ = [
     "blocking_terms",
     "choose_representative",
     "document_terms",
+    "featurise",
     "pair_similarity",
     "term_weights",
 ]
 
-_TOKEN_RE = re.compile(r"([.!?:;]\s+|\n\s*)?(\d+(?:[.,]\d+)*|[^\W\d_]+(?:['’][^\W\d_]+)*)")
+_NUM = r"\d+(?:[.,]\d+)*"
+_WORD_RE = re.compile(_NUM + r"|[^\W\d_]+(?:['’][^\W\d_]+)*")
+# Runs of capitalised words and numbers that do not start a sentence (or the text).
+_CAP = r"(?:[A-ZÀ-ÖØ-Þ][^\W_]*(?:['’][^\W_]+)?|" + _NUM + ")"
+_ENTITY_RE = re.compile(
+    r"(?:(?<![.!?:;\n]\s)(?<![.!?:;\n])\b" + _CAP + r"|\b" + _NUM + r")(?:[ \t]+" + _CAP + ")*"
+)
 _STOP_WORDS = frozenset(
     """a about above after again against all am an and any are as at be because been before being
     below between both but by can could did do does doing down during each few for from further had
@@ -101,13 +112,13 @@ class StoryParams:
         blocking_size: Number of heaviest terms per article used as blocking keys.
     """
 
-    threshold: float = 0.22
-    window: timedelta = timedelta(days=3)
+    threshold: float = 0.215
+    window: timedelta = timedelta(hours=24)
     lead_words: int = 60
     lead_weight: float = 2.0
-    entity_weight: float = 1.0
+    entity_weight: float = 1.5
     idf_power: float = 1.0
-    blocking_size: int = 12
+    blocking_size: int = 20
 
 
 @dataclass(frozen=True)
@@ -187,58 +198,101 @@ class Assignment:
     reason: str
 
 
-def _tokens(text: str) -> Iterable[tuple[str, bool]]:
-    """Yield ``(token, starts_sentence)``."""
-    first = True
-    for boundary, tok in _TOKEN_RE.findall(text):
-        yield tok, first or bool(boundary)
-        first = False
+_Info = tuple[str, str, bool, bool]  # (word term or "" for a stop word, lower, is_num, is_cap)
+_STOP_INFO: _Info = ("", "", False, False)
 
 
-def _weighted_terms(title: str, text: str, params: StoryParams) -> dict[str, float]:
-    """Raw (lead- and entity-weighted) term frequencies of one article."""
-    tf: dict[str, float] = {}
-    n_body = 0
-    for zone, is_title in ((title, True), (text, False)):
-        prev: str | None = None
-        for tok, starts in _tokens(zone):
-            if is_title:
-                w = params.lead_weight
-            else:
-                w = params.lead_weight if n_body < params.lead_words else 1.0
-                n_body += 1
-            low = tok.lower()
-            if low.endswith(("'s", "’s")):
-                low = low[:-2]
-            is_num = low[:1].isdigit()
-            if low in _STOP_WORDS or (len(low) < 2 and not is_num):
-                prev = None
-                continue
-            word = low
-            if not is_num and len(word) > 3 and word[-1] == "s" and word[-2] != "s":
-                word = word[:-1]
-            key = "w:" + word
-            tf[key] = tf.get(key, 0.0) + w
-            if is_num or (tok[0].isupper() and not starts):
-                we = w * params.entity_weight
+def _token_info(tok: str) -> _Info:
+    low = tok.lower()
+    if low.endswith(("'s", "’s")):
+        low = low[:-2]
+    is_num = low[:1].isdigit()
+    if low in _STOP_WORDS or (len(low) < 2 and not is_num):
+        return _STOP_INFO
+    word = low
+    if not is_num and len(word) > 3 and word[-1] == "s" and word[-2] != "s":
+        word = word[:-1]
+    return ("w:" + word, low, is_num, tok[0].isupper())
+
+
+@dataclass
+class _Featuriser:
+    """Turns articles into weighted terms; caches per token and per term within one call."""
+
+    params: StoryParams
+    df: Mapping[str, int]
+    n_docs: int
+    infos: dict[str, _Info] = field(default_factory=dict)
+    idfs: dict[str, float] = field(default_factory=dict)
+
+    def raw(self, title: str, text: str) -> dict[str, float]:
+        """Raw (lead- and entity-weighted) term frequencies of one article."""
+        lw, ew = self.params.lead_weight, self.params.entity_weight
+        n_lead = self.params.lead_words
+        tf: dict[str, float] = {}
+        body = _WORD_RE.findall(text)
+        self._add_words(tf, _WORD_RE.findall(title), lw)
+        self._add_words(tf, body[:n_lead], lw)
+        self._add_words(tf, body[n_lead:], 1.0)
+        cut = 0
+        if len(body) > n_lead:
+            for _, m in zip(range(n_lead), _WORD_RE.finditer(text), strict=False):
+                cut = m.end()
+        else:
+            cut = len(text)
+        self._add_entities(tf, "\n" + title, lw * ew)
+        self._add_entities(tf, "\n" + text[:cut], lw * ew)
+        self._add_entities(tf, text[cut:], ew)
+        return tf
+
+    def _info(self, tok: str) -> _Info:
+        info = self.infos.get(tok)
+        if info is None:
+            info = self.infos[tok] = _token_info(tok)
+        return info
+
+    def _add_words(self, tf: dict[str, float], tokens: list[str], weight: float) -> None:
+        for tok, count in Counter(tokens).items():
+            word = self._info(tok)[0]
+            if word:
+                tf[word] = tf.get(word, 0.0) + count * weight
+
+    def _add_entities(self, tf: dict[str, float], zone: str, weight: float) -> None:
+        for run in _ENTITY_RE.findall(zone):
+            prev = ""
+            for tok in run.split():
+                word, low, _, _ = self._info(tok)
+                if not word:
+                    prev = ""
+                    continue
                 key = "e:" + low
-                tf[key] = tf.get(key, 0.0) + we
-                if prev is not None:
+                tf[key] = tf.get(key, 0.0) + weight
+                if prev:
                     key = "e:" + prev + "_" + low
-                    tf[key] = tf.get(key, 0.0) + we
+                    tf[key] = tf.get(key, 0.0) + weight
                 prev = low
-            else:
-                prev = None
-    return tf
+
+    def weights(self, title: str, text: str) -> dict[str, float]:
+        """L2-normalised TF-IDF weights (empty for an article without terms)."""
+        return self.normalise(self.raw(title, text))
+
+    def normalise(self, raw: Mapping[str, float]) -> dict[str, float]:
+        """TF-IDF weights from raw term frequencies, L2-normalised."""
+        idfs = self.idfs
+        vec: dict[str, float] = {}
+        for t, c in raw.items():
+            idf = idfs.get(t)
+            if idf is None:
+                base = math.log((self.n_docs + 1) / (self.df.get(t, 0) + 1)) + 1.0
+                idf = idfs[t] = base**self.params.idf_power
+            vec[t] = (1.0 + math.log(c) if c > 1.0 else c) * idf
+        norm = math.sqrt(sum(v * v for v in vec.values()))
+        return {t: v / norm for t, v in vec.items()} if norm > 0 else {}
 
 
 def document_terms(title: str, text: str, params: StoryParams | None = None) -> frozenset[str]:
     """Distinct terms of an article; add 1 to each one's document frequency when storing it."""
-    return frozenset(_weighted_terms(title, text, params or StoryParams()))
-
-
-def _idf(df: int, n_docs: int, power: float) -> float:
-    return float((math.log((n_docs + 1) / (df + 1)) + 1.0) ** power)
+    return frozenset(_Featuriser(params or StoryParams(), {}, 0).raw(title, text))
 
 
 def term_weights(
@@ -252,14 +306,7 @@ def term_weights(
         n_docs: Number of documents the frequencies were counted over.
         params: Feature parameters.
     """
-    raw = _weighted_terms(doc.title, doc.text, params)
-    vec = {
-        t: (1.0 + math.log(c)) * _idf(df.get(t, 0), n_docs, params.idf_power)
-        for t, c in raw.items()
-        if c >= 1.0
-    }
-    norm = math.sqrt(sum(v * v for v in vec.values()))
-    return {t: v / norm for t, v in vec.items()} if norm > 0 else {}
+    return _Featuriser(params, df, n_docs).weights(doc.title, doc.text)
 
 
 def blocking_terms(weights: Mapping[str, float], params: StoryParams) -> list[str]:
@@ -268,8 +315,43 @@ def blocking_terms(weights: Mapping[str, float], params: StoryParams) -> list[st
     Persist one row ``(article_id, term)`` per returned term; the candidates of a new article are
     the stored articles sharing at least one of its terms (within the time window).
     """
-    ranked = sorted(weights.items(), key=lambda kv: (-kv[1], kv[0]))
-    return [t for t, _ in ranked[: params.blocking_size]]
+    k = params.blocking_size
+    if not weights or k <= 0:
+        return []
+    cut = heapq.nlargest(k, weights.values())[-1]
+    ranked = sorted((-v, t) for t, v in weights.items() if v >= cut)
+    return [t for _, t in ranked[:k]]
+
+
+@dataclass(frozen=True)
+class ArticleFeatures:
+    """What the pipeline stores for a new article.
+
+    Attributes:
+        article_id: The article.
+        terms: Distinct terms: add 1 to each one's row in the DF table (and 1 to N).
+        blocking: Blocking terms: one ``(article_id, term)`` row each in the inverted index.
+        weights: Normalised TF-IDF vector; not stored, but can be handed to
+            :func:`assign_stories` so the new articles are not featurised twice.
+    """
+
+    article_id: str
+    terms: frozenset[str]
+    blocking: tuple[str, ...]
+    weights: Mapping[str, float] = field(default_factory=dict, repr=False, compare=False)
+
+
+def featurise(
+    docs: Iterable[StoryDoc], df: Mapping[str, int], n_docs: int, params: StoryParams
+) -> list[ArticleFeatures]:
+    """Terms and blocking terms of many articles in one pass (input order kept)."""
+    featuriser = _Featuriser(params, df, n_docs)
+    out: list[ArticleFeatures] = []
+    for d in docs:
+        raw = featuriser.raw(d.title, d.text)
+        w = featuriser.normalise(raw)
+        out.append(ArticleFeatures(d.id, frozenset(raw), tuple(blocking_terms(w, params)), w))
+    return out
 
 
 def pair_similarity(
@@ -287,7 +369,12 @@ def _rep_key(doc: StoryDoc) -> tuple[int, datetime, int, str]:
     t = doc.time
     if t is None:
         return (1, datetime.min, doc.source_priority, doc.id)
-    return (0, t.replace(tzinfo=None) - (t.utcoffset() or timedelta(0)), doc.source_priority, doc.id)
+    return (
+        0,
+        t.replace(tzinfo=None) - (t.utcoffset() or timedelta(0)),
+        doc.source_priority,
+        doc.id,
+    )
 
 
 def choose_representative(docs: Iterable[StoryDoc]) -> StoryDoc:
@@ -300,10 +387,6 @@ def _epoch(t: datetime | None) -> float:
     if t is None:
         return math.nan
     return (t.replace(tzinfo=None) - (t.utcoffset() or timedelta(0)) - _EPOCH).total_seconds()
-
-
-def _within_window(a: float, b: float, window: timedelta) -> bool:
-    return not abs(a - b) > window.total_seconds()
 
 
 class _UnionFind:
@@ -327,10 +410,10 @@ def _matrix(vectors: Sequence[Mapping[str, float]]) -> sp.csr_matrix:
     indptr = [0]
     indices: list[int] = []
     data: list[float] = []
+    add = vocab.setdefault
     for vec in vectors:
-        for t, v in vec.items():
-            indices.append(vocab.setdefault(t, len(vocab)))
-            data.append(v)
+        indices.extend([add(t, len(vocab)) for t in vec])
+        data.extend(vec.values())
         indptr.append(len(indices))
     return sp.csr_matrix(
         (np.asarray(data), np.asarray(indices, dtype=np.int64), np.asarray(indptr)),
@@ -359,6 +442,7 @@ def assign_stories(
     n_docs: int,
     params: StoryParams | None = None,
     overrides: Overrides | None = None,
+    features: Mapping[str, ArticleFeatures] | None = None,
 ) -> list[Assignment]:
     """Cluster new articles together with the stored articles they may join.
 
@@ -371,6 +455,8 @@ def assign_stories(
         n_docs: Number of documents ``df`` was counted over.
         params: Clustering parameters.
         overrides: Manual must-link / cannot-link pairs.
+        features: Output of :func:`featurise` by article id, computed with the same ``df``,
+            ``n_docs`` and ``params``; articles found here are not featurised again.
 
     Returns:
         One assignment per distinct input article, sorted by article id. Stored articles whose
@@ -386,7 +472,11 @@ def assign_stories(
     if n == 0:
         return []
     pos = {d: i for i, d in enumerate(ids)}
-    weights = [term_weights(d, df, n_docs, params) for d in docs]
+    featuriser = _Featuriser(params, df, n_docs)
+    known = features or {}
+    weights = [
+        known[d.id].weights if d.id in known else featuriser.weights(d.title, d.text) for d in docs
+    ]
     matrix = _matrix(weights)
     must = {(pos[a], pos[b]) for a, b in overrides.pairs("must_link") if a in pos and b in pos}
     cannot = {(pos[a], pos[b]) for a, b in overrides.pairs("cannot_link") if a in pos and b in pos}
@@ -395,26 +485,30 @@ def assign_stories(
     times = [_epoch(d.time) for d in docs]
 
     # 1. candidate pairs through the blocking terms, 2. edges, 3. groups.
-    postings: dict[str, list[int]] = {}
+    term_ids: dict[str, int] = {}
+    rows: list[int] = []
+    cols: list[int] = []
     for i, w in enumerate(weights):
         if mergeable[i]:
             for t in blocking_terms(w, params):
-                postings.setdefault(t, []).append(i)
-    cand: set[tuple[int, int]] = set()
-    for members in postings.values():
-        for k, i in enumerate(members):
-            for j in members[k + 1 :]:
-                if (i, j) not in cannot and _within_window(times[i], times[j], params.window):
-                    cand.add((i, j))
+                rows.append(i)
+                cols.append(term_ids.setdefault(t, len(term_ids)))
+    shared = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, max(len(term_ids), 1)))
+    pairs_coo = sp.triu(shared @ shared.T, k=1).tocoo()
+    left = pairs_coo.row.astype(np.int64)
+    right = pairs_coo.col.astype(np.int64)
+    stamps = np.asarray(times, dtype=np.float64)
+    keep = ~(np.abs(stamps[left] - stamps[right]) > params.window.total_seconds())
+    left, right = left[keep], right[keep]
     best = np.zeros(n)
     uf = _UnionFind(n)
-    if cand:
-        pairs = np.array(sorted(cand), dtype=np.int64)
-        sims = np.asarray(matrix[pairs[:, 0]].multiply(matrix[pairs[:, 1]]).sum(axis=1)).ravel()
-        np.maximum.at(best, pairs[:, 0], sims)
-        np.maximum.at(best, pairs[:, 1], sims)
-        for (i, j), s in zip(pairs.tolist(), sims.tolist(), strict=True):
-            if s >= params.threshold:
+    if len(left):
+        sims = np.asarray(matrix[left].multiply(matrix[right]).sum(axis=1)).ravel()
+        np.maximum.at(best, left, sims)
+        np.maximum.at(best, right, sims)
+        hit = sims >= params.threshold
+        for i, j in zip(left[hit].tolist(), right[hit].tolist(), strict=True):
+            if (i, j) not in cannot:
                 uf.union(i, j)
     for i, j in must:
         uf.union(i, j)
@@ -443,7 +537,6 @@ def _cluster_group(
 ) -> list[Assignment]:
     """Average-linkage clustering of one group (members sorted by id)."""
     group_id = docs[members[0]].id
-    m = len(members)
     sub = matrix[members]
     sim = np.asarray((sub @ sub.T).todense(), dtype=np.float64)
     local = {g: k for k, g in enumerate(members)}
@@ -473,8 +566,17 @@ def _cluster_group(
             if not others:
                 reason = "alone" if mergeable[members[k]] else "merge_disabled"
                 out.append(
-                    Assignment(doc.id, rep.id, group_id, True, None, float(best[members[k]]), 0.0,
-                               params.threshold, reason)
+                    Assignment(
+                        doc.id,
+                        rep.id,
+                        group_id,
+                        True,
+                        None,
+                        float(best[members[k]]),
+                        0.0,
+                        params.threshold,
+                        reason,
+                    )
                 )
                 continue
             top = max(others, key=lambda o: (sim[k, o], -o))

@@ -27,7 +27,7 @@ def body_via(how: str, name: str, server) -> tuple[bytes, str, str | None]:
         return raw, (DATA / name).as_uri(), None
     ctype = "application/feed+json" if name.endswith(".json") else "application/xml"
     url = server.set(f"/{name}", body=raw, gzip=(how == "gzip"), content_type=ctype)
-    with Fetcher(FetchSettings(timeout=5)) as f:
+    with Fetcher(FetchSettings(timeout=5), trusted_hosts=["127.0.0.1"]) as f:
         r = f.get(url, source="t")
     return r.body, r.url, r.headers.get("content-type")
 
