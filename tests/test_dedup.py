@@ -1,0 +1,242 @@
+"""Dedup through the real pipeline: near-duplicates and story clusters in the warehouse,
+across runs, in any order, with source policies and manual overrides."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+
+from flows.cli import main
+from flows.ingest import ingest
+from tests.conftest import ROOT, SHARED, write_config
+
+EXAMPLES = ROOT / "examples" / "articles"
+GAZETTE = "marrowford-line4-gazette.html"
+COURIER = "marrowford-line4-courier.html"
+LEDGER = "pellham-ferry-wire-ledger.html"
+RIVERTON = "pellham-ferry-wire-riverton.html"
+EASTHAVEN = "easthaven-line2-observer.html"
+
+
+def copy_examples(folder: Path, names: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        shutil.copy(EXAMPLES / n, folder / n)
+    return folder
+
+
+def stories_by_file(db) -> dict[str, str]:
+    rows = db(
+        "SELECT regexp_extract(a.url, '[^/]+$'), s.story_id "
+        "FROM story_articles s JOIN articles a USING (article_id)"
+    )
+    return dict(rows)
+
+
+def partition(db) -> set[frozenset[str]]:
+    groups: dict[str, set[str]] = {}
+    for aid, sid in db("SELECT article_id, story_id FROM story_articles"):
+        groups.setdefault(sid, set()).add(aid)
+    return {frozenset(g) for g in groups.values()}
+
+
+SINGLES = ["brennick-apple-harvest.txt", "wendle-flood-barrier.txt", "saltmere-robotics.md"]
+ALL = [GAZETTE, COURIER, LEDGER, RIVERTON, EASTHAVEN, *SINGLES]
+
+
+def test_truth_table_in_the_warehouse(tmp_path, make_config, db):
+    folder = copy_examples(tmp_path / "in", ALL)
+    cfg = make_config([{"name": "in", "kind": "files", "path": str(folder)}])
+
+    s = ingest(config_path=str(cfg))
+
+    story = stories_by_file(db)
+    # Same event, two outlets, different words: one story, and not a copy.
+    assert story[GAZETTE] == story[COURIER]
+    # A wire copy under another headline and boilerplate: a near-duplicate, in the same story.
+    assert story[LEDGER] == story[RIVERTON]
+    near = db(
+        "SELECT level, score, threshold FROM duplicates d JOIN articles a USING (article_id) "
+        "WHERE a.url LIKE '%pellham%'"
+    )
+    assert len(near) == 1 and near[0][0] == "near_duplicate" and near[0][1] >= near[0][2]
+    # Same topic (a tram line opens), other city, months later: not the same story.
+    assert story[EASTHAVEN] != story[GAZETTE]
+    # Unrelated articles stand alone.
+    singles = [story[f] for f in ALL[5:]]
+    assert len(set(singles)) == 3 and not set(singles) & {story[GAZETTE], story[LEDGER]}
+    assert db("SELECT count(*) FROM stories") == [(6,)]
+    assert s.near_duplicates == 1
+    # The stories table describes each story from its members.
+    (n_articles, n_outlets, title) = db(
+        "SELECT n_articles, n_outlets, title FROM stories WHERE story_id = ?", [story[GAZETTE]]
+    )[0]
+    assert (n_articles, n_outlets) == (2, 2)
+    assert title in {r[0] for r in db("SELECT title FROM articles WHERE url LIKE '%marrowford%'")}
+    # Every link says why: the article it points to, the score, the threshold.
+    why = db(
+        "SELECT reason, linked_to IS NOT NULL, score >= threshold FROM story_articles s "
+        "JOIN articles a USING (article_id) WHERE a.url LIKE '%line4-courier%'"
+    )
+    assert why == [("similar", True, True)]
+
+
+def load_in_batches(root: Path, batches: list[list[str]]) -> set[frozenset[str]]:
+    """Ingest the files batch by batch (one run each) into a fresh warehouse under ``root``;
+    return the stories as sets of file names."""
+    folder = root / "in"
+    root.mkdir(parents=True)
+    cfg = write_config(
+        root / "c.toml", root / "n.duckdb", [{"name": "in", "kind": "files", "path": str(folder)}]
+    )
+    for batch in batches:
+        copy_examples(folder, batch)
+        ingest(config_path=str(cfg))
+    con = duckdb.connect(str(root / "n.duckdb"), read_only=True)
+    rows = con.execute(
+        "SELECT s.story_id, regexp_extract(a.url, '[^/]+$') "
+        "FROM story_articles s JOIN articles a USING (article_id)"
+    ).fetchall()
+    con.close()
+    groups: dict[str, set[str]] = {}
+    for sid, name in rows:
+        groups.setdefault(sid, set()).add(name)
+    return {frozenset(g) for g in groups.values()}
+
+
+def test_new_articles_join_stories_across_runs_in_any_order(tmp_path):
+    one_run = load_in_batches(tmp_path / "a", [ALL])
+    forward = load_in_batches(
+        tmp_path / "b", [[GAZETTE, LEDGER, SINGLES[1]], [COURIER, RIVERTON, EASTHAVEN, *SINGLES]]
+    )
+    backward = load_in_batches(
+        tmp_path / "c", [[COURIER, RIVERTON, EASTHAVEN], [SINGLES[2]], [GAZETTE, LEDGER, *SINGLES]]
+    )
+
+    assert frozenset({GAZETTE, COURIER}) in one_run
+    assert frozenset({LEDGER, RIVERTON}) in one_run
+    assert one_run == forward == backward
+
+
+def test_clustering_twice_changes_nothing(tmp_path, make_config, db):
+    folder = copy_examples(tmp_path / "in", ALL)
+    cfg = make_config([{"name": "in", "kind": "files", "path": str(folder)}])
+    ingest(config_path=str(cfg))
+    before = db("SELECT * EXCLUDE (assigned_at) FROM story_articles ORDER BY article_id")
+    stories_before = db("SELECT * EXCLUDE (updated_at) FROM stories ORDER BY story_id")
+
+    result = CliRunner().invoke(main, ["cluster", "--config", str(cfg)])
+    ingest(config_path=str(cfg))
+
+    assert result.exit_code == 0, result.output
+    assert "clustered 0 articles" in result.output
+    assert db("SELECT * EXCLUDE (assigned_at) FROM story_articles ORDER BY article_id") == before
+    assert db("SELECT * EXCLUDE (updated_at) FROM stories ORDER BY story_id") == stories_before
+
+
+def test_source_policies_keep_every_copy_and_every_story_apart(tmp_path, make_config, db):
+    a = copy_examples(tmp_path / "a", [GAZETTE, LEDGER])
+    b = copy_examples(tmp_path / "b", [COURIER, RIVERTON])
+    cfg = make_config(
+        [
+            {"name": "a", "kind": "files", "path": str(a)},
+            {
+                "name": "b",
+                "kind": "files",
+                "path": str(b),
+                "near_duplicates": False,
+                "stories": False,
+            },
+        ]
+    )
+
+    ingest(config_path=str(cfg))
+
+    story = stories_by_file(db)
+    assert story[GAZETTE] != story[COURIER]
+    assert story[LEDGER] != story[RIVERTON]
+    assert db("SELECT count(*) FROM duplicates WHERE level = 'near_duplicate'") == [(0,)]
+
+
+def test_overrides_undo_and_force_merges_and_later_runs_respect_them(tmp_path, make_config, db):
+    folder = copy_examples(tmp_path / "in", [GAZETTE, COURIER, EASTHAVEN])
+    cfg = make_config([{"name": "in", "kind": "files", "path": str(folder)}])
+    ingest(config_path=str(cfg))
+    ids = dict(db("SELECT regexp_extract(url, '[^/]+$'), article_id FROM articles"))
+    runner = CliRunner()
+
+    out = runner.invoke(main, ["override", "split", ids[GAZETTE], ids[COURIER], "-c", str(cfg),
+                               "--note", "different lines"])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    story = stories_by_file(db)
+    assert story[GAZETTE] != story[COURIER]
+
+    out = runner.invoke(main, ["override", "merge", ids[GAZETTE], ids[EASTHAVEN], "-c", str(cfg)])
+    assert out.exit_code == 0, out.output
+    copy_examples(folder, ["wendle-flood-barrier.txt"])
+    ingest(config_path=str(cfg))  # a later run re-clusters nothing it should not
+
+    story = stories_by_file(db)
+    assert story[GAZETTE] == story[EASTHAVEN] != story[COURIER]
+    assert db("SELECT reason FROM story_articles WHERE article_id = ?", [ids[EASTHAVEN]]) in (
+        [("must_link",)],
+        [("similar",)],
+    )
+    assert db("SELECT action, note FROM merge_overrides ORDER BY action") == [
+        ("merge", None),
+        ("split", "different lines"),
+    ]
+    bad = runner.invoke(main, ["override", "split", "nope", ids[GAZETTE], "-c", str(cfg)])
+    assert bad.exit_code != 0 and "no such article" in bad.output
+
+
+def test_stories_and_story_commands(tmp_path, make_config):
+    folder = copy_examples(tmp_path / "in", ALL)
+    cfg = make_config([{"name": "in", "kind": "files", "path": str(folder)}])
+    ingest(config_path=str(cfg))
+    runner = CliRunner()
+
+    out = runner.invoke(main, ["stories", "--since", "all", "-c", str(cfg), "-f", "json"])
+    rows = json.loads(out.output)
+    assert rows[0]["outlets"] == 2 and rows[0]["articles"] == 2
+    assert [r["outlets"] for r in rows] == sorted((r["outlets"] for r in rows), reverse=True)
+    recent = json.loads(
+        runner.invoke(main, ["stories", "--since", "24h", "-c", str(cfg), "-f", "json"]).output
+    )
+    assert len(recent) < len(rows)  # the dated demo stories are months old
+
+    out = runner.invoke(main, ["story", rows[0]["story_id"], "-c", str(cfg), "-f", "json"])
+    members = json.loads(out.output)
+    assert len(members) == 2
+    assert {m["reason"] for m in members} == {"similar"}
+    assert all(m["score"] >= m["threshold"] for m in members)
+    missing = runner.invoke(main, ["story", "nope", "-c", str(cfg)])
+    assert missing.exit_code != 0
+    assert runner.invoke(main, ["stories", "--since", "soon", "-c", str(cfg)]).exit_code != 0
+
+
+@pytest.mark.skipif(not (SHARED / "seeds").is_dir(), reason="../shared/seeds absent")
+def test_the_seed_pair_lands_in_one_story(tmp_path, make_config, db):
+    folder = copy_examples(tmp_path / "in", ALL)
+    lines = []
+    for i, f in enumerate(sorted((SHARED / "seeds").glob("*.txt"))):
+        title, _, body = f.read_text(encoding="utf-8").partition("\n")
+        lines.append(json.dumps({"url": f"https://seed{i}.invalid/iss", "title": title.strip(),
+                                 "text": body.strip(), "source": f"seed{i}.invalid"}))  # fmt: skip
+    (folder / "seeds.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = make_config([{"name": "in", "kind": "files", "path": str(folder)}])
+
+    ingest(config_path=str(cfg))
+
+    seeds = db(
+        "SELECT s.story_id FROM story_articles s JOIN articles a USING (article_id) "
+        "WHERE a.url LIKE 'https://seed%'"
+    )
+    assert len(seeds) == 2 and seeds[0] == seeds[1]
+    members = db("SELECT count(*) FROM story_articles WHERE story_id = ?", [seeds[0][0]])
+    assert members == [(2,)]  # no other article joins it
