@@ -374,6 +374,11 @@ def _spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(cov / (vx * vy))
 
 
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation of two sequences (ties share their mean rank)."""
+    return _spearman(x, y)
+
+
 def synthetic_corpus(
     rows: list[dict[str, Any]], size: int, seed: int = 1
 ) -> list[stories.StoryDoc]:

@@ -69,6 +69,12 @@ class FetchSettings(_Strict):
     """First retry delay; doubles each retry, unless the server sends Retry-After."""
     max_retry_after: PositiveFloat = 120.0
     """Longest Retry-After honoured inside one run; longer ones fail the fetch."""
+    failure_backoff: PositiveFloat = 300.0
+    """After a failed fetch, wait this long before the next one; doubles per failure in a row."""
+    failure_backoff_max: PositiveFloat = 86400.0
+    """The longest wait after failures."""
+    max_server_delay: PositiveFloat = 86400.0
+    """The longest wait a server can ask for (Cache-Control max-age, Expires, ttl)."""
     block_private: bool = True
     """Refuse links to loopback, private, link-local and other non-public addresses."""
     allow_hosts: list[str] = []
@@ -109,6 +115,59 @@ class DedupSettings(_Strict):
     next-day follow-up is a story of its own, and a story cannot swallow months of a topic."""
 
 
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(value: float | int | str) -> float:
+    """Seconds from a number or a string such as ``"90"``, ``"15m"``, ``"2h"``, ``"1d"``."""
+    if isinstance(value, int | float):
+        return float(value)
+    m = _DURATION_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration (e.g. 900, '15m', '2h', '1d')")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+class Schedule(_Strict):
+    """When a source (or a group of sources) runs unattended under ``newsflow serve``."""
+
+    interval: float | str | None = None
+    """Every so long: seconds or ``"15m"``, ``"2h"``, ``"1d"``."""
+    cron: str | None = None
+    """A cron expression, e.g. ``"0 */2 * * *"``."""
+    timezone: str = "UTC"
+    """Time zone of the cron expression (an IANA name)."""
+    group: str | None = None
+    """Sources with the same group share one deployment, ``ingest-<group>``."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if (self.interval is None) == (self.cron is None):
+            raise ValueError("give exactly one of 'interval' and 'cron'")
+        if self.interval is not None and parse_duration(self.interval) <= 0:
+            raise ValueError("interval must be positive")
+        if self.cron is not None:
+            from prefect.client.schemas.schedules import CronSchedule
+
+            try:
+                CronSchedule(cron=self.cron, timezone="UTC")
+            except ValueError:
+                raise ValueError(f"cron {self.cron!r} is not a valid cron expression") from None
+        try:
+            from zoneinfo import ZoneInfo
+
+            ZoneInfo(self.timezone)
+        except Exception:
+            raise ValueError(f"unknown time zone {self.timezone!r}") from None
+        if self.group is not None and not _NAME_RE.match(self.group):
+            raise ValueError("group must be lowercase letters, digits, '-' or '_'")
+        return self
+
+    @property
+    def interval_seconds(self) -> float | None:
+        return parse_duration(self.interval) if self.interval is not None else None
+
+
 class Source(_Strict):
     name: str
     kind: Literal["feed", "files"]
@@ -126,6 +185,11 @@ class Source(_Strict):
     """False: this source's articles are never merged as near-duplicates."""
     stories: bool = True
     """False: this source's articles are never merged into multi-article stories."""
+    schedule: Schedule | None = None
+    """Run unattended on this schedule under ``newsflow serve``."""
+    watch: bool = False
+    """A ``files`` source: under ``newsflow serve``, files dropped into the folder are ingested
+    within seconds (an event per file triggers the ingest of that file)."""
 
     @property
     def location(self) -> str:
@@ -153,6 +217,8 @@ class Source(_Strict):
                 raise ValueError("a files source needs 'path' (a folder)")
             if self.url is not None:
                 raise ValueError("a files source takes 'path', not 'url'")
+        if self.watch and self.kind != "files":
+            raise ValueError("only a files source can be watched")
         return self
 
 

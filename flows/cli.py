@@ -227,12 +227,14 @@ def sql(
 @db_option
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def sources(config: str | None, database: str | None, as_json: bool) -> None:
-    """List sources with their health: last fetch, status, error and counts."""
+    """List sources with their health: last fetch, status, failures in a row, when the next
+    fetch is due and why (the server's wish or a backoff), counts and the last error."""
     settings = _settings(config)
     wh = _warehouse(config, database)
     state: dict[str, tuple[Any, ...]] = {}
     cols = ["last_fetch_at", "last_status", "last_http_status", "consecutive_failures",
-            "entries_total", "articles_total", "duplicates_total", "last_error"]  # fmt: skip
+            "next_fetch_at", "next_fetch_reason", "entries_total", "articles_total",
+            "duplicates_total", "last_error"]  # fmt: skip
     if wh.path.exists():
         _, rows = wh.query(f"SELECT name, {', '.join(cols)} FROM sources")
         state = {r[0]: r[1:] for r in rows}
@@ -248,7 +250,7 @@ def sources(config: str | None, database: str | None, as_json: bool) -> None:
         )
     else:
         print_table(["name", "kind", "location", "on", "last fetch", "status", "http", "fails",
-                     "entries", "articles", "dups", "error"], out)  # fmt: skip
+                     "next fetch", "why", "entries", "articles", "dups", "error"], out)  # fmt: skip
 
 
 @main.command()

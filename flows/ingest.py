@@ -83,8 +83,22 @@ def summary_markdown(s: RunSummary) -> str:
 
 
 @flow(name="ingest", flow_run_name=_run_name, log_prints=False)
-def ingest(config_path: str | None = None, source_names: list[str] | None = None) -> RunSummary:
-    """Ingest the configured sources (all enabled ones, or those named) into the warehouse."""
+def ingest(
+    config_path: str | None = None,
+    source_names: list[str] | None = None,
+    paths: list[str] | None = None,
+    cluster: bool = True,
+    force: bool = False,
+) -> RunSummary:
+    """Ingest the configured sources (all enabled ones, or those named) into the warehouse.
+
+    Args:
+        config_path: The config file (default ``$NEWSFLOW_CONFIG`` or ``config/newsflow.toml``).
+        source_names: Only these sources.
+        paths: Only these files of the (files) sources: what a watched inbox's event names.
+        cluster: Cluster the new articles at the end (off when a load-event trigger does it).
+        force: Fetch feeds even before the time their servers asked for.
+    """
     logger = get_run_logger()
     settings = load_config(config_path)
     sources = settings.select(source_names)
@@ -112,7 +126,12 @@ def ingest(config_path: str | None = None, source_names: list[str] | None = None
                 max_workers=max(1, min(8, len(sources)))
             )
             with runner:
-                futures = [runner.submit(ingest_source, {"source": s, "ctx": ctx}) for s in sources]
+                futures = [
+                    runner.submit(
+                        ingest_source, {"source": s, "ctx": ctx, "only": paths, "force": force}
+                    )
+                    for s in sources
+                ]
                 wait(list[PrefectFuture[Any]](futures))
                 for s, fut in zip(sources, futures, strict=True):
                     if fut.state.is_completed():
@@ -131,25 +150,26 @@ def ingest(config_path: str | None = None, source_names: list[str] | None = None
             summary.failures += 1
             summary.failed_sources.append(o.source)
     if summary.new_articles or summary.duplicates:
-        dedup = cluster_stories(settings, wh)
-        summary.near_duplicates = dedup.near_duplicates
-        summary.stories_touched = dedup.stories_touched
+        if cluster:
+            dedup = cluster_stories(settings, wh)
+            summary.near_duplicates = dedup.near_duplicates
+            summary.stories_touched = dedup.stories_touched
         wh.refresh_search_index()
     summary.status = "completed_with_failures" if summary.failures else "completed"
     wh.finish_run(run_id, summary.status, summary.counts(), summary.failed_sources)
     create_markdown_artifact(
         key="ingest-summary", markdown=summary_markdown(summary), description="Ingest run counts"
     )
+    create_table_artifact(
+        key="failed-sources",
+        table=[
+            {"source": o.source, "error": o.error or "", "http_status": o.http_status}
+            for o in summary.outcomes
+            if o.status == "error"
+        ],
+        description=f"Sources that failed in this run ({summary.failures})",
+    )
     if summary.failed_sources:
-        create_table_artifact(
-            key="failed-sources",
-            table=[
-                {"source": o.source, "error": o.error or "", "http_status": o.http_status}
-                for o in summary.outcomes
-                if o.status == "error"
-            ],
-            description="Sources that failed in this run",
-        )
         logger.error("failed sources: %s", ", ".join(summary.failed_sources))
     logger.info(
         "run done status=%s sources=%d entries=%d new=%d duplicates=%d failures=%d",

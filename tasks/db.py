@@ -167,13 +167,16 @@ class Warehouse:
                 )
 
     def source_state(self, name: str) -> dict[str, Any]:
+        """A source's fetch state: validators, failures in a row, when it may be fetched."""
+        cols = ["etag", "last_modified", "location", "consecutive_failures", "next_fetch_at",
+                "next_fetch_reason"]  # fmt: skip
         with self.writer() as con:
             row = con.execute(
-                "SELECT etag, last_modified, location FROM sources WHERE name = ?", [name]
+                f"SELECT {', '.join(cols)} FROM sources WHERE name = ?", [name]
             ).fetchone()
         if row is None:
-            return {"etag": None, "last_modified": None, "location": None}
-        return {"etag": row[0], "last_modified": row[1], "location": row[2]}
+            return dict.fromkeys(cols) | {"consecutive_failures": 0}
+        return dict(zip(cols, row, strict=True))
 
     def start_run(self, run_id: str, name: str | None, started_at: datetime) -> None:
         with self.writer() as con:
@@ -222,8 +225,13 @@ class Warehouse:
         warning: str | None = None,
         etag: str | None = None,
         last_modified: str | None = None,
+        next_fetch_at: datetime | None = None,
+        next_fetch_reason: str | None = None,
     ) -> None:
-        """Record one source's outcome in ``fetches`` and its health in ``sources``."""
+        """Record one source's outcome in ``fetches`` and its health in ``sources``.
+
+        A ``deferred`` source (not due yet) only gets its ``fetches`` row.
+        """
         now = _now()
         with self.writer() as con:
             con.execute("BEGIN")
@@ -234,6 +242,9 @@ class Warehouse:
                     new_articles, duplicates, errors, pages_fetched, error, warning,
                 ],
             )  # fmt: skip
+            if status == "deferred":
+                con.execute("COMMIT")
+                return
             ok = status != "error"
             con.execute(
                 """
@@ -247,12 +258,14 @@ class Warehouse:
                     entries_total = entries_total + ?,
                     articles_total = articles_total + ?,
                     duplicates_total = duplicates_total + ?,
-                    errors_total = errors_total + ?
+                    errors_total = errors_total + ?,
+                    next_fetch_at = ?, next_fetch_reason = ?
                 WHERE name = ?
                 """,
                 [
                     now, status, http_status, error, ok, now, ok, ok, etag, ok, last_modified,
-                    entries, new_articles, duplicates, errors + (0 if ok else 1), source,
+                    entries, new_articles, duplicates, errors + (0 if ok else 1),
+                    next_fetch_at, next_fetch_reason, source,
                 ],
             )  # fmt: skip
             con.execute("COMMIT")

@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 from prefect.runtime import task_run
 
 from config.settings import Settings, Source
@@ -31,6 +32,7 @@ from tasks.core.entries import (
 from tasks.core.errors import FetchError, SourceError
 from tasks.core.feeds import parse_feed
 from tasks.core.models import Article, Candidate, Extracted, HttpResult, ItemError
+from tasks.core.politeness import next_fetch_after_failure, next_fetch_after_success
 from tasks.core.urls import canonicalize_url, entry_key
 from tasks.db import Warehouse
 from tasks.dedup import DedupResult, cluster_pending
@@ -76,6 +78,7 @@ class FeedListing:
     result: HttpResult
     candidates: list[Candidate]
     warning: str | None
+    ttl_minutes: int | None = None
 
 
 # -- fetch -----------------------------------------------------------------------------------
@@ -91,10 +94,10 @@ def _retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 @task(name="fetch", task_run_name="fetch-{source.name}", cache_policy=NO_CACHE)
-def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedListing | None:
+def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedListing:
     """GET the feed (conditional on the stored ETag/Last-Modified) and parse it.
 
-    Returns None when the server answers 304 Not Modified.
+    A 304 Not Modified gives a listing with no candidates.
     """
     logger = get_run_logger()
     assert source.url is not None
@@ -125,7 +128,7 @@ def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedLi
         raise
     if result.not_modified:
         logger.info("not modified source=%s status=304", source.name)
-        return None
+        return FeedListing(result=result, candidates=[], warning=None)
     feed = parse_feed(result.body, result.url, source.name, result.headers.get("content-type"))
     if feed.warning:
         logger.warning(
@@ -136,7 +139,9 @@ def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedLi
         source.name, result.status, len(result.body), len(feed.entries),
     )  # fmt: skip
     cands = candidates_from_feed(source.name, feed, location=source.url)
-    return FeedListing(result=result, candidates=cands, warning=feed.warning)
+    return FeedListing(
+        result=result, candidates=cands, warning=feed.warning, ttl_minutes=feed.ttl_minutes
+    )
 
 
 @task(name="pages", task_run_name="pages-{source.name}", cache_policy=NO_CACHE)
@@ -274,12 +279,19 @@ def process_batch(
     out.errors += n_err
 
 
-def _file_batches(source: Source, ctx: RunContext, out: SourceOutcome) -> Iterator[list[Candidate]]:
-    """Read a folder in batches; pages and texts already loaded are not read again."""
+def _file_batches(
+    source: Source, ctx: RunContext, out: SourceOutcome, only: set[Path] | None
+) -> Iterator[list[Candidate]]:
+    """Read a folder in batches; pages and texts already loaded are not read again.
+
+    ``only``: read just these files (a watched inbox's new files), if they are in the folder.
+    """
     assert source.path is not None
     root = source.path.resolve()
     size = ctx.settings.extract.batch_size
     paths = list(list_files(source.name, source.path, source.glob))
+    if only is not None:
+        paths = [p for p in paths if p.resolve() in only]
     out.entries = 0
     single = [p for p in paths if p.suffix.lower() in {".html", ".htm", ".txt", ".md"}]
     keys = {p: _path_key(p) for p in single}
@@ -308,45 +320,74 @@ def _path_key(p: Path) -> str:
 
 
 @task(name="source", task_run_name="source-{source.name}", cache_policy=NO_CACHE)
-def ingest_source(source: Source, ctx: RunContext) -> SourceOutcome:
-    """Run one source end to end and record its outcome; a failure is recorded, not raised."""
+def ingest_source(
+    source: Source, ctx: RunContext, only: list[str] | None = None, force: bool = False
+) -> SourceOutcome:
+    """Run one source end to end and record its outcome; a failure is recorded, not raised.
+
+    A feed is not fetched before the time its server asked for (or its failure backoff) unless
+    ``force``; ``only`` restricts a files source to those files.
+    """
     logger = get_run_logger()
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     out = SourceOutcome(source=source.name)
+    fs = ctx.settings.fetch
     etag = last_modified = None
+    next_at: datetime | None = None
+    next_reason: str | None = None
+    state: dict[str, Any] = {}
     try:
         batches: Iterable[list[Candidate]]
         if source.kind == "feed":
-            fs = ctx.settings.fetch
             state = ctx.warehouse.source_state(source.name)
             if state.get("location") not in (None, source.url):
                 state = {}  # the URL changed: the old validators mean nothing to the new server
+            due = state.get("next_fetch_at")
+            if due is not None and started < due and not force:
+                out.status = "deferred"
+                logger.info(
+                    "not due source=%s until=%s reason=%s",
+                    source.name, due.isoformat(), state.get("next_fetch_reason"),
+                )  # fmt: skip
+                ctx.warehouse.record_fetch(
+                    ctx.run_id, source.name, started_at=started, status="deferred",
+                    error=f"not due until {due.isoformat()} ({state.get('next_fetch_reason')})",
+                )  # fmt: skip
+                return out
             fetch = fetch_feed.with_options(
                 retries=fs.retries,
                 retry_delay_seconds=[fs.retry_backoff * 2**i for i in range(fs.retries)],
                 retry_condition_fn=_retry_transient,
             )
             listing = fetch(source, ctx, state)
-            if listing is None:
-                out.status, out.http_status = "not_modified", 304
-                batches = []
-            else:
-                out.http_status = listing.result.status
-                out.nbytes = len(listing.result.body)
-                out.entries = len(listing.candidates)
-                if listing.warning:
-                    out.warnings.append(listing.warning)
-                etag, last_modified = listing.result.etag, listing.result.last_modified
-                batches = chunked(listing.candidates, ctx.settings.extract.batch_size)
+            out.http_status = listing.result.status
+            out.nbytes = len(listing.result.body)
+            out.entries = len(listing.candidates)
+            if listing.result.not_modified:
+                out.status = "not_modified"
+            if listing.warning:
+                out.warnings.append(listing.warning)
+            etag, last_modified = listing.result.etag, listing.result.last_modified
+            next_at, next_reason = next_fetch_after_success(
+                listing.result.headers, listing.ttl_minutes, started, fs.max_server_delay
+            )
+            batches = chunked(listing.candidates, ctx.settings.extract.batch_size)
         else:
-            batches = _file_batches(source, ctx, out)
+            wanted = {Path(p).resolve() for p in only} if only is not None else None
+            batches = _file_batches(source, ctx, out, wanted)
         for batch in batches:
             process_batch(source, ctx, batch, out)
     except SourceError as exc:
         out.status, out.error = "error", exc.message
         if isinstance(exc, FetchError) and exc.status:
             out.http_status = exc.status
+        if source.kind == "feed":
+            failures = int(state.get("consecutive_failures") or 0) + 1
+            retry_after = exc.retry_after if isinstance(exc, FetchError) else None
+            next_at, next_reason = next_fetch_after_failure(
+                failures, retry_after, started, fs.failure_backoff, fs.failure_backoff_max
+            )
         logger.error(
             "source failed source=%s reason=%s error=%s", source.name, exc.reason, exc.message
         )
@@ -376,7 +417,10 @@ def ingest_source(source: Source, ctx: RunContext) -> SourceOutcome:
         warning="; ".join(out.warnings)[:2000] or None,
         etag=etag,
         last_modified=last_modified,
+        next_fetch_at=next_at,
+        next_fetch_reason=next_reason,
     )
+    _emit_outcome(ctx, source, out, state)
     if out.status != "error":
         logger.info(
             "source done source=%s status=%s entries=%d new=%d duplicates=%d errors=%d "
@@ -385,3 +429,35 @@ def ingest_source(source: Source, ctx: RunContext) -> SourceOutcome:
             out.errors, out.pages_fetched, out.seconds,
         )  # fmt: skip
     return out
+
+
+ARTICLES_LOADED = "newsflow.articles.loaded"
+SOURCE_FAILED = "newsflow.source.failed"
+
+
+def _emit_outcome(
+    ctx: RunContext, source: Source, out: SourceOutcome, state: dict[str, Any]
+) -> None:
+    """``newsflow.articles.loaded`` after a load, ``newsflow.source.failed`` after a failure."""
+    resource = {
+        "prefect.resource.id": f"newsflow.source.{source.name}",
+        "prefect.resource.name": source.name,
+        "newsflow.source.kind": source.kind,
+    }
+    payload: dict[str, Any] = {
+        "source": source.name,
+        "run_id": ctx.run_id,
+        "entries": out.entries,
+        "new_articles": out.new_articles,
+        "duplicates": out.duplicates,
+        "errors": out.errors,
+    }
+    if out.status == "error":
+        failures = int(state.get("consecutive_failures") or 0) + 1
+        emit_event(
+            SOURCE_FAILED,
+            resource=resource,
+            payload=payload | {"error": out.error, "consecutive_failures": failures},
+        )
+    elif out.new_articles or out.duplicates:
+        emit_event(ARTICLES_LOADED, resource=resource, payload=payload)
