@@ -33,11 +33,15 @@ def _settings(config: str | None) -> Settings:
         raise click.ClickException(str(exc)) from exc
 
 
-def _warehouse(config: str | None, database: str | None) -> Any:
+def _warehouse(config: str | None, database: str | None, *, upgrade: bool = True) -> Any:
+    """The warehouse; with ``upgrade``, an existing file gets the schema this version reads."""
     from tasks.db import Warehouse
 
     path = Path(database) if database else _settings(config).warehouse.path
-    return Warehouse(path, lock_timeout=10.0)
+    wh = Warehouse(path, lock_timeout=10.0)
+    if upgrade and wh.path.exists():
+        wh.migrate()
+    return wh
 
 
 def _cell(v: Any) -> str:
@@ -192,7 +196,7 @@ def sql(
       newsflow sql "SELECT * FROM articles" --format parquet --output articles.parquet
     At the prompt, end a statement with ';' and leave with .quit or Ctrl-D.
     """
-    wh = _warehouse(config, database)
+    wh = _warehouse(config, database, upgrade=False)  # ad-hoc SQL never writes
     if query:
         _run_sql(wh, query, fmt, output)
         return
