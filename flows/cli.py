@@ -417,6 +417,57 @@ def override(
     click.echo(f"{action}: {article_a} / {article_b} recorded; re-clustered {r.articles} articles")
 
 
+DEFAULT_API = "http://127.0.0.1:4200/api"
+
+
+def _require_server() -> str:
+    import httpx
+
+    api = os.environ.setdefault("PREFECT_API_URL", DEFAULT_API)
+    try:
+        ok = httpx.get(f"{api.rstrip('/')}/health", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    if not ok:
+        raise click.ClickException(
+            f"no Prefect server answers at {api}: start one with `newsflow server` "
+            "(or set PREFECT_API_URL to yours)"
+        )
+    return api
+
+
+@main.command()
+@config_option
+def serve(config: str | None) -> None:
+    """Serve the scheduled, inbox and clustering deployments, and watch the inboxes.
+
+    One long-running process: sources with a `schedule` run on it; files dropped into a
+    `watch = true` folder are ingested within seconds; each load triggers story clustering.
+    Needs a Prefect server (`newsflow server`, or PREFECT_API_URL).
+    """
+    settings = _settings(config)
+    api = _require_server()
+    from flows.serve import build_deployments, serve_config
+
+    path = Path(config) if config else default_config_path()
+    names = [d.name for d in build_deployments(settings, path)]
+    click.echo(f"serving {', '.join(names)} on {api}")
+    serve_config(settings, path, print_starting_message=False)
+
+
+@main.command()
+@click.option("--port", default=4200, show_default=True, help="Port on 127.0.0.1.")
+def server(port: int) -> None:
+    """Start the Prefect server and UI on 127.0.0.1 (http://127.0.0.1:PORT)."""
+    prefect = Path(sys.executable).parent / "prefect"
+    click.echo(
+        f"Prefect UI on http://127.0.0.1:{port}; set PREFECT_API_URL=http://127.0.0.1:{port}/api"
+    )
+    os.execv(
+        str(prefect), [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    )
+
+
 @main.command()
 @config_option
 def cluster(config: str | None) -> None:
