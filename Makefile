@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check lint typecheck pytest bench fmt clean
+.PHONY: demo test check browser lint typecheck pytest bench fmt clean
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,7 +16,12 @@ $(STAMP): requirements.lock pyproject.toml
 demo: $(STAMP)  ## set up, then ingest the bundled demo sources into warehouse/news.duckdb
 	$(BIN)/newsflow run
 
-test: check pytest  ## set up, lint, type-check and run the whole test suite
+test: check browser pytest  ## set up, lint, type-check and run the whole test suite
+
+browser:  ## Debian's chromium for the UI test, when missing (needs root)
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	  || echo "chromium missing and not root: the UI test will be skipped"; }
 
 check: lint typecheck
 

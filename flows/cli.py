@@ -93,7 +93,10 @@ def main() -> None:
 @config_option
 @click.option("--source", "-s", "sources", multiple=True, help="Run only this source (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def run(config: str | None, sources: tuple[str, ...], as_json: bool) -> None:
+@click.option(
+    "--force", is_flag=True, help="Fetch feeds even before the time their servers asked for."
+)
+def run(config: str | None, sources: tuple[str, ...], as_json: bool, force: bool) -> None:
     """Run the ingest flow over the configured sources.
 
     Progress is logged per source as it completes; a summary follows. Exits 1 when a source
@@ -106,7 +109,7 @@ def run(config: str | None, sources: tuple[str, ...], as_json: bool) -> None:
         raise click.ClickException(f"unknown source(s): {exc.args[0]}") from exc
     from flows.ingest import ingest
 
-    summary = ingest(config_path=config, source_names=list(sources) or None)
+    summary = ingest(config_path=config, source_names=list(sources) or None, force=force)
     if as_json:
         from flows.ingest import summary_dict
 

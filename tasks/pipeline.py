@@ -454,6 +454,8 @@ def _emit_outcome(
     }
     if out.status == "error":
         failures = int(state.get("consecutive_failures") or 0) + 1
+        # As a label, automations can match it: "fail three runs in a row" is failures == 3.
+        resource["newsflow.consecutive_failures"] = str(failures)
         emit_event(
             SOURCE_FAILED,
             resource=resource,
