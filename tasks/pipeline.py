@@ -34,6 +34,7 @@ from tasks.core.feeds import parse_feed
 from tasks.core.models import Article, Candidate, Extracted, HttpResult, ItemError
 from tasks.core.politeness import next_fetch_after_failure, next_fetch_after_success
 from tasks.core.urls import canonicalize_url, entry_key
+from tasks.core.walls import detect_wall
 from tasks.db import Warehouse
 from tasks.dedup import DedupResult, cluster_pending
 from tasks.extract import EXTRACTOR_VERSION, Extractor, decode_html
@@ -248,6 +249,11 @@ def process_batch(
     built: set[str] = set()
     for c in todo:
         x = extracted.get(c.entry_key)
+        if x is not None and c.entry_key in html_of:
+            wall = detect_wall(html_of[c.entry_key], x.text)
+            if wall is not None:
+                x = Extracted(text=None, error=f"{wall}: the page is not the article")
+                extracted[c.entry_key] = x
         if x is not None and x.text is None:
             errors.append(
                 ItemError(source.name, c.location or c.url or c.entry_key, "extract",
