@@ -21,6 +21,6 @@ def cluster_flow(config_path: str | None = None) -> DedupResult:
     wh = Warehouse(settings.warehouse.path)
     wh.migrate()
     result = cluster_stories(settings, wh)
-    if result.articles:
+    if result.articles or wh.search_index_stale():
         wh.refresh_search_index()
     return result

@@ -149,11 +149,12 @@ def ingest(
         if o.status == "error":
             summary.failures += 1
             summary.failed_sources.append(o.source)
-    if summary.new_articles or summary.duplicates:
-        if cluster:
-            dedup = cluster_stories(settings, wh)
-            summary.near_duplicates = dedup.near_duplicates
-            summary.stories_touched = dedup.stories_touched
+    # Clustering and the search index also catch up on what an interrupted run loaded.
+    if cluster:
+        dedup = cluster_stories(settings, wh)
+        summary.near_duplicates = dedup.near_duplicates
+        summary.stories_touched = dedup.stories_touched
+    if summary.new_articles or summary.duplicates or wh.search_index_stale():
         wh.refresh_search_index()
     summary.status = "completed_with_failures" if summary.failures else "completed"
     wh.finish_run(run_id, summary.status, summary.counts(), summary.failed_sources)

@@ -385,6 +385,16 @@ class Warehouse:
                 [[run_id, e.source, e.item, e.stage, e.reason, e.detail, now] for e in errors],
             )
 
+    def search_index_stale(self) -> bool:
+        """True when the full-text index is missing or does not cover every article."""
+        with self.writer() as con:
+            n = con.execute("SELECT count(*) FROM articles").fetchone()
+            try:
+                indexed = con.execute("SELECT count(*) FROM fts_main_articles.docs").fetchone()
+            except duckdb.CatalogException:
+                return bool(n and n[0])
+        return n != indexed
+
     def refresh_search_index(self) -> None:
         """Rebuild the BM25 full-text index over article titles and text."""
         with self.writer() as con:

@@ -72,14 +72,10 @@ def assert_screenshot(path: Path) -> None:
 
 def test_ui_shows_ingest_run_and_its_artifact(
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     db: Callable[..., list[tuple[Any, ...]]],
 ) -> None:
     from playwright.sync_api import Page, expect, sync_playwright
 
-    # The UI asks /ui-settings where the API is; unset, that is 127.0.0.1:4200 (the default
-    # port), not the free port the test server runs on. Same-origin "/api" is right for any port.
-    monkeypatch.setenv("PREFECT_UI_API_URL", "/api")
     home = tmp_path / "prefect"
     with prefect_server(home) as api:
         base = api.removesuffix("/api")

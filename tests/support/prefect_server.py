@@ -43,11 +43,14 @@ def prefect_server(home: Path, timeout: float = 90.0) -> Iterator[str]:
     """Start ``prefect server start`` on 127.0.0.1; yield its API URL; stop it afterwards."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    env = server_env(home)
+    # The UI must call this server's API, not the default port's.
+    env["PREFECT_UI_API_URL"] = f"http://127.0.0.1:{port}/api"
     log = (home / "server.log").open("wb")
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "prefect"), "server", "start",
          "--host", "127.0.0.1", "--port", str(port)],
-        env=server_env(home),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
