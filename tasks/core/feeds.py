@@ -81,7 +81,12 @@ def parse_feed(
         return _parse_json_feed(body, url, source)
     # Without a declared type feedparser flags every feed as bozo; a feed is XML until told.
     headers = {"content-location": url, "content-type": content_type or "application/xml"}
-    d = feedparser.parse(body, response_headers=headers, sanitize_html=True)
+    try:
+        d = feedparser.parse(body, response_headers=headers, sanitize_html=True)
+    except Exception as exc:  # feedparser itself fails on some hostile bytes (found by fuzzing)
+        why = f"not a feed: the parser failed: {type(exc).__name__}: {exc}"
+        raise FeedParseError(source, why) from exc
+
     problem = d.get("bozo_exception") if d.get("bozo") else None
     if not d.entries and not d.get("version"):
         if _looks_like_html(body):
@@ -101,6 +106,11 @@ def parse_feed(
         warning=f"{type(problem).__name__}: {problem}" if problem else None,
         ttl_minutes=int(ttl) if ttl and ttl.isdigit() else None,
     )
+
+
+def _plain(e: Mapping[str, Any], key: str) -> Any:
+    """A key of a feedparser dict without its fallbacks (which warn)."""
+    return dict.get(e, key) if isinstance(e, dict) else e.get(key)
 
 
 def _entry_from_feedparser(e: Mapping[str, Any], base: str) -> FeedEntry:
@@ -125,7 +135,8 @@ def _entry_from_feedparser(e: Mapping[str, Any], base: str) -> FeedEntry:
         summary=summary,
         content=content,
         author=_str(e.get("author")),
-        published_at=_struct_to_dt(e.get("published_parsed") or e.get("updated_parsed")),
+        # dict.get: feedparser's own mapping warns when it falls back between the two keys
+        published_at=_struct_to_dt(_plain(e, "published_parsed") or _plain(e, "updated_parsed")),
         tags=tuple(t["term"] for t in e.get("tags", []) if t.get("term")),
     )
 
@@ -144,9 +155,9 @@ def _parse_json_feed(body: bytes, url: str, source: str) -> ParsedFeed:
     for it in items:
         if not isinstance(it, dict):
             continue
-        authors = it.get("authors") or (
-            [it["author"]] if isinstance(it.get("author"), dict) else []
-        )
+        authors = it.get("authors") if isinstance(it.get("authors"), list) else []
+        if not authors and isinstance(it.get("author"), dict):
+            authors = [it["author"]]
         author = next(
             (_str(a.get("name")) for a in authors if isinstance(a, dict) and a.get("name")), None
         )

@@ -11,6 +11,8 @@ from lxml import etree
 
 _WS = re.compile(r"[ \t\r\f\v\u00a0]+")
 _BLANKS = re.compile(r"\n{3,}")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+_SCRIPTS = re.compile(r"<(script|style|noscript)\b.*?(</\1\s*>|$)", re.I | re.S)
 _WORD = re.compile(r"\w+", re.UNICODE)
 _BLOCK_TAGS = {
     "p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6",
@@ -24,16 +26,15 @@ def tidy(text: str) -> str:
     return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
 
 
-def looks_like_html(text: str) -> bool:
-    return bool(re.search(r"<(p|div|br|span|a|img|li|h\d|strong|em|b|i)\b", text, re.I))
-
-
 def html_to_text(fragment: str) -> str:
     """Readable text of an HTML fragment (feed content), paragraphs on their own lines."""
     if not fragment or not fragment.strip():
         return ""
-    if not looks_like_html(fragment):
-        return tidy(lxml.html.fromstring(f"<div>{fragment}</div>").text_content())
+    if "<" not in fragment and "&" not in fragment:
+        return tidy(fragment)
+    # Scripts and styles go first, whatever the markup around them; lxml also refuses
+    # XML-incompatible characters.
+    fragment = _CONTROL.sub("", _SCRIPTS.sub(" ", fragment))
     try:
         root = lxml.html.fragment_fromstring(fragment, create_parent="div")
     except (etree.ParserError, ValueError):
