@@ -7,8 +7,9 @@ folder (``fetch_pages = false``, the warehouse in the same temporary folder), ru
 ``newsflow run --config CFG --json`` in a subprocess from the project root (the Prefect ingest
 flow, which ends with ``cluster-stories``), then reads ``entries``, ``story_articles``,
 ``duplicates``, ``story_df`` and ``story_featured`` back from DuckDB (read-only) and scores them
-with the metric helpers of ``bench/dedup_eval_core.py``. Next to each figure, ``core`` gives the
-pure core's figure on exactly the same input, so a gap between the two points at the pipeline.
+with the metric helpers of ``bench/dedup_eval_core.py``. Next to each figure, ``core_same_input``
+gives the pure core's figure on exactly the same input, so a gap between the two points at the
+pipeline.
 
 Evaluations (``--only``, default all four; ``--scale`` adds the slow one):
 
@@ -30,7 +31,11 @@ Usage::
 
     .venv/bin/python bench/dedup_eval.py [--only ecb,seeds,wire,semeval] [--scale 10000,100000]
                                          [--data ../shared/dedup] [--seeds ../shared/seeds]
-                                         [--keep] [--load-batch N]
+                                         [--timeout SECONDS] [--keep] [--load-batch N]
+
+``--only ''`` runs no quality evaluation (only ``--scale``); ``--timeout`` stops a run that takes
+longer and reports how far it got; ``--keep`` leaves the warehouses and logs in the temporary
+folder (its path is in the output).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -137,6 +143,16 @@ def write_config(
 # --- running the pipeline --------------------------------------------------------------------
 
 
+class PipelineTimeout(RuntimeError):
+    """A ``newsflow run`` outlived ``--timeout`` and was stopped (its process group)."""
+
+    def __init__(self, cfg: Path, seconds: float, phases: dict[str, float]) -> None:
+        super().__init__(f"newsflow run stopped after {seconds:.0f} s ({cfg})")
+        self.cfg = cfg
+        self.seconds = seconds
+        self.phases = phases
+
+
 @dataclass
 class PipelineRun:
     """One ``newsflow run`` subprocess: its summary and what it cost."""
@@ -145,6 +161,7 @@ class PipelineRun:
     wall_seconds: float
     clustered: int | None
     dedup_seconds: dict[str, float]
+    phases: dict[str, float]
     max_rss_mb: float
 
     def brief(self) -> dict[str, Any]:
@@ -156,6 +173,7 @@ class PipelineRun:
             "near_duplicates": s.get("near_duplicates"),
             "item_errors": sum(o.get("errors", 0) for o in s.get("outcomes", [])),
             "run_seconds": round(self.wall_seconds, 2),
+            "phases_seconds": self.phases,
             "clustered": self.clustered,
             "dedup_seconds": self.dedup_seconds,
         }
@@ -169,13 +187,47 @@ def _newsflow() -> str:
     return found
 
 
-def run_pipeline(cfg: Path, prefect_home: Path, tag: str) -> PipelineRun:
+_LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d\.\d+) \| ", re.M)
+
+
+def log_phases(log: str) -> dict[str, float]:
+    """Seconds from the Prefect log: API start-up, loading (flow start to the last
+    ``load-eval`` task), then to the end of the log (clustering, search index, bookkeeping)."""
+    marks: dict[str, float] = {}
+    last = None
+    for line in log.splitlines():
+        m = _LOG_TIME.match(line)
+        if not m:
+            continue
+        t = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+        if last is not None and t < last - 43200:
+            t += 86400  # past midnight
+        last = t
+        marks.setdefault("first", t)
+        if "Beginning flow run" in line:
+            marks.setdefault("flow", t)
+        if f"Task run 'load-{SOURCE}' - Finished" in line:
+            marks["loaded"] = t
+        marks["end"] = t
+    out: dict[str, float] = {}
+    if "flow" in marks:
+        out["prefect_startup"] = round(marks["flow"] - marks["first"], 2)
+        if "loaded" in marks:
+            out["load"] = round(marks["loaded"] - marks["flow"], 2)
+            out["after_load"] = round(marks["end"] - marks["loaded"], 2)
+    return out
+
+
+def run_pipeline(
+    cfg: Path, prefect_home: Path, tag: str, timeout: float | None = None
+) -> PipelineRun:
     """``newsflow run --config CFG --json`` from the project root; logs beside the config."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(prefect_home)
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     out_path = cfg.parent / f"{tag}.stdout"
     err_path = cfg.parent / f"{tag}.stderr"
+    timed_out = False
     with out_path.open("wb") as out, err_path.open("wb") as err:
         t0 = time.perf_counter()
         proc = subprocess.Popen(
@@ -184,13 +236,33 @@ def run_pipeline(cfg: Path, prefect_home: Path, tag: str) -> PipelineRun:
             env=env,
             stdout=out,
             stderr=err,
+            start_new_session=True,  # its own process group: a timeout stops it and its server
         )
         # wait4 gives this child's own peak RSS (RUSAGE_CHILDREN would be the max over runs).
-        _, status, usage = os.wait4(proc.pid, 0)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if timeout is not None and time.perf_counter() - t0 > timeout:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGTERM)
+                for _ in range(60):
+                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    time.sleep(0.5)
+                else:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.2)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
     stdout = out_path.read_text(encoding="utf-8", errors="replace")
     stderr = err_path.read_text(encoding="utf-8", errors="replace")
+    phases = log_phases(stderr)
+    if timed_out:
+        raise PipelineTimeout(cfg, wall, phases)
     if proc.returncode != 0 or "{" not in stdout:
         raise RuntimeError(
             f"newsflow run exited {proc.returncode} ({cfg}):\n{stderr[-3000:]}\n{stdout[-1000:]}"
@@ -203,6 +275,7 @@ def run_pipeline(cfg: Path, prefect_home: Path, tag: str) -> PipelineRun:
         wall_seconds=wall,
         clustered=int(m.group(1)) if m else None,
         dedup_seconds={**seconds, "total": round(sum(seconds.values()), 2)} if m else {},
+        phases=phases,
         max_rss_mb=round(usage.ru_maxrss / 1024, 1),
     )
 
@@ -315,7 +388,7 @@ class Context:
     tmp: Path
     prefect_home: Path
     load_batch: int | None = None
-    runs: list[str] = field(default_factory=list)
+    timeout: float | None = None
 
     def workdir(self, name: str) -> Path:
         w = self.tmp / name
@@ -583,7 +656,10 @@ def eval_scale(ctx: Context, rows: list[dict[str, Any]], size: int) -> dict[str,
                 for d in docs[k : k + per_file]
             ),
         )
-    run = run_pipeline(ctx.config(work), ctx.prefect_home, "run")
+    try:
+        run = run_pipeline(ctx.config(work), ctx.prefect_home, "run", ctx.timeout)
+    except PipelineTimeout as exc:
+        return {"articles": len(docs), **scale_progress(exc, work / "news.duckdb")}
     wh = Warehouse.read(work / "news.duckdb")
     if len(wh.story) < len(docs):
         raise RuntimeError(f"only {len(wh.story)} of {len(docs)} articles clustered ({work})")
@@ -605,7 +681,37 @@ def eval_scale(ctx: Context, rows: list[dict[str, Any]], size: int) -> dict[str,
         "largest_story": max(sizes.values()) if sizes else 0,
         "duplicate_links": dict(levels),
         "pairwise": _r(core.pairwise_prf(pred, gold)),
+        "core_one_shot_pairwise": _core_one_shot(docs, gold) if size <= 20000 else None,
     }
+
+
+def _core_one_shot(docs: list[stories.StoryDoc], gold: Mapping[str, Any]) -> dict[str, float]:
+    """The pure core on the same synthetic articles, all at once (DF over all of them)."""
+    params = stories.StoryParams()
+    df, n = core.document_frequencies(docs, params)
+    pred = {a.article_id: a.story_id for a in stories.assign_stories(docs, [], df, n, params)}
+    return _r(core.pairwise_prf(pred, gold))
+
+
+def scale_progress(exc: PipelineTimeout, db: Path) -> dict[str, Any]:
+    """How far a stopped run got: rows committed before the stop (clustering commits per batch
+    of 2000 articles)."""
+    out: dict[str, Any] = {
+        "timed_out_after_seconds": round(exc.seconds, 1),
+        "phases_seconds": exc.phases,
+    }
+    try:
+        with duckdb.connect(str(db), read_only=True) as con:
+            for name, sql in (
+                ("articles_loaded", "SELECT count(*) FROM articles"),
+                ("articles_clustered", "SELECT count(*) FROM story_articles"),
+                ("near_signatures", "SELECT count(*) FROM near_signatures"),
+            ):
+                row = con.execute(sql).fetchone()
+                out[name] = row[0] if row else None
+    except duckdb.Error as err:
+        out["warehouse_unreadable"] = str(err)
+    return out
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -624,6 +730,9 @@ def main() -> None:
     parser.add_argument(
         "--load-batch", type=int, default=None, help="extract.batch_size of the runs"
     )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="stop a scale run after this many seconds"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary warehouses")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
@@ -640,7 +749,9 @@ def main() -> None:
     ecb = core.load_jsonl(args.data / "ecbplus_dev.jsonl")
     report: dict[str, Any] = {"evaluations": only, "scale": sizes}
     tmp = Path(tempfile.mkdtemp(prefix="newsflow-dedup-eval-"))
-    ctx = Context(tmp=tmp, prefect_home=tmp / "prefect", load_batch=args.load_batch)
+    ctx = Context(
+        tmp=tmp, prefect_home=tmp / "prefect", load_batch=args.load_batch, timeout=args.timeout
+    )
     t0 = time.perf_counter()
     try:
         if "ecb" in only or "seeds" in only:
@@ -651,10 +762,11 @@ def main() -> None:
                 report["seeds"] = eval_seeds(ecb, args.seeds, wh)
         if "wire" in only:
             report["wire_copies"] = eval_wire(ctx, ecb)
-        if "semeval" in only:
-            report["semeval"] = eval_semeval(
-                ctx, core.load_jsonl(args.data / "semeval2022_en_pairs_dev.jsonl")
-            )
+        semeval = args.data / "semeval2022_en_pairs_dev.jsonl"
+        if "semeval" in only and not semeval.exists():
+            report["semeval"] = {"skipped": f"{semeval} absent"}
+        elif "semeval" in only:
+            report["semeval"] = eval_semeval(ctx, core.load_jsonl(semeval))
         for size in sizes:
             report[f"scale_{size}"] = eval_scale(ctx, ecb, size)
     finally:

@@ -155,7 +155,8 @@ def _parse_json_feed(body: bytes, url: str, source: str) -> ParsedFeed:
     for it in items:
         if not isinstance(it, dict):
             continue
-        authors = it.get("authors") if isinstance(it.get("authors"), list) else []
+        raw_authors = it.get("authors")
+        authors: list[Any] = raw_authors if isinstance(raw_authors, list) else []
         if not authors and isinstance(it.get("author"), dict):
             authors = [it["author"]]
         author = next(
