@@ -308,6 +308,21 @@ def parse_since(value: str) -> timedelta | None:
     return timedelta(**{{"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
 
 
+# Stories seen since a cutoff, by number of outlets (parameters: cutoff, min outlets, limit).
+STORIES_SQL = """
+    SELECT s.story_id, s.n_outlets AS outlets, s.n_articles AS articles,
+           s.last_seen_at AS last_seen, s.title,
+           (SELECT string_agg(DISTINCT a.title, ' | ')
+            FROM story_articles m JOIN articles a USING (article_id)
+            WHERE m.story_id = s.story_id AND a.article_id <> s.story_id
+              AND a.title IS DISTINCT FROM s.title) AS other_headlines
+    FROM stories s
+    WHERE s.last_seen_at >= ? AND s.n_outlets >= ?
+    ORDER BY s.n_outlets DESC, s.n_articles DESC, s.last_seen_at DESC, s.story_id
+    LIMIT ?
+"""
+
+
 @main.command("stories")
 @config_option
 @db_option
@@ -332,20 +347,8 @@ def stories_cmd(
     wh = _warehouse(config, database)
     delta = parse_since(since)
     cutoff = datetime.now(UTC) - delta if delta else datetime(1, 1, 1, tzinfo=UTC)
-    sql = """
-        SELECT s.story_id, s.n_outlets AS outlets, s.n_articles AS articles,
-               s.last_seen_at AS last_seen, s.title,
-               (SELECT string_agg(DISTINCT a.title, ' | ')
-                FROM story_articles m JOIN articles a USING (article_id)
-                WHERE m.story_id = s.story_id AND a.article_id <> s.story_id
-                  AND a.title IS DISTINCT FROM s.title) AS other_headlines
-        FROM stories s
-        WHERE s.last_seen_at >= ? AND s.n_outlets >= ?
-        ORDER BY s.n_outlets DESC, s.n_articles DESC, s.last_seen_at DESC, s.story_id
-        LIMIT ?
-    """
     try:
-        cols, rows = wh.query(sql, [cutoff, min_outlets, limit])
+        cols, rows = wh.query(STORIES_SQL, [cutoff, min_outlets, limit])
     except FileNotFoundError as exc:
         raise click.ClickException(str(exc)) from exc
     _export(cols, rows, fmt, None)

@@ -8,7 +8,9 @@ Runs against Prefect's local ephemeral API by default and against a Prefect serv
 from __future__ import annotations
 
 import os
+import resource
 import sys
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +42,9 @@ class RunSummary:
     failures: int = 0
     near_duplicates: int = 0
     stories_touched: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall seconds: sources (all, concurrently), dedup, search_index, flow (all)."""
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
     failed_sources: list[str] = field(default_factory=list)
     outcomes: list[SourceOutcome] = field(default_factory=list)
     warehouse: str = ""
@@ -117,7 +122,12 @@ def ingest(
             min_chars=ex.min_chars,
         ),
     )
+    default_pages = settings.fetch.fetch_pages
+    if any(s.kind == "files" or (default_pages if s.fetch_pages is None else s.fetch_pages)
+           for s in sources):  # fmt: skip
+        extractor.warm()  # the workers start while the feeds are fetched
     summary = RunSummary(run_id=run_id, status="running", warehouse=str(settings.warehouse.path))
+    t_flow = time.perf_counter()
     try:
         feed_hosts = [urlsplit(s.url).hostname or "" for s in sources if s.url]
         with Fetcher(settings.fetch, trusted_hosts=feed_hosts) as fetcher:
@@ -149,15 +159,25 @@ def ingest(
         if o.status == "error":
             summary.failures += 1
             summary.failed_sources.append(o.source)
+    summary.seconds["sources"] = time.perf_counter() - t_flow
     # Clustering and the search index also catch up on what an interrupted run loaded.
+    t0 = time.perf_counter()
     if cluster:
         dedup = cluster_stories(settings, wh)
         summary.near_duplicates = dedup.near_duplicates
         summary.stories_touched = dedup.stories_touched
+    summary.seconds["dedup"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     if summary.new_articles or summary.duplicates or wh.search_index_stale():
         wh.refresh_search_index()
+    summary.seconds["search_index"] = time.perf_counter() - t0
     summary.status = "completed_with_failures" if summary.failures else "completed"
     wh.finish_run(run_id, summary.status, summary.counts(), summary.failed_sources)
+    summary.seconds["flow"] = time.perf_counter() - t_flow
+    summary.peak_rss_mb = {
+        "flow_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "largest_worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
     create_markdown_artifact(
         key="ingest-summary", markdown=summary_markdown(summary), description="Ingest run counts"
     )

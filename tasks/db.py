@@ -283,6 +283,22 @@ class Warehouse:
             ).fetchall()
         return {r[0] for r in rows}
 
+    def plan_batch(
+        self, source: str, keys: Sequence[str], article_ids: Sequence[str]
+    ) -> tuple[set[str], set[str]]:
+        """Which entry keys the source listed before, and which articles exist (one connection)."""
+        with self.writer() as con:
+            known = con.execute(
+                "SELECT entry_key FROM entries WHERE source = ? AND entry_key IN "
+                "(SELECT unnest(?))",
+                [source, list(keys)],
+            ).fetchall()
+            existing = con.execute(
+                "SELECT article_id FROM articles WHERE article_id IN (SELECT unnest(?))",
+                [list(article_ids)],
+            ).fetchall()
+        return {r[0] for r in known}, {r[0] for r in existing}
+
     def existing_articles(self, article_ids: Sequence[str]) -> set[str]:
         if not article_ids:
             return set()

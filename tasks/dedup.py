@@ -340,9 +340,14 @@ def _stories(
             for t in ts:
                 counts[t] += 1
         con.register("staged_df", pa.table({"term": list(counts), "df": list(counts.values())}))
+        # Update then anti-join insert: far faster in DuckDB than an upsert.
         con.execute(
-            "INSERT INTO story_df SELECT term, df FROM staged_df "
-            "ON CONFLICT (term) DO UPDATE SET df = story_df.df + excluded.df"
+            "UPDATE story_df SET df = story_df.df + s.df FROM staged_df s "
+            "WHERE story_df.term = s.term"
+        )
+        con.execute(
+            "INSERT INTO story_df SELECT term, df FROM staged_df s "
+            "WHERE NOT EXISTS (SELECT 1 FROM story_df d WHERE d.term = s.term)"
         )
         con.register(
             "staged_featured",
@@ -469,11 +474,12 @@ def _neighbours(
 
 def _singletons(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], now: datetime) -> None:
     """Story clustering off: every article is its own story."""
-    for r in rows:
-        con.execute(
-            "INSERT OR REPLACE INTO story_articles VALUES (?,?,?,true,NULL,0,0,0,'alone',?)",
-            [r[0], r[0], r[0], now],
-        )
+    ids = [r[0] for r in rows]
+    con.execute("DELETE FROM story_articles WHERE article_id IN (SELECT unnest(?))", [ids])
+    con.executemany(
+        "INSERT INTO story_articles VALUES (?,?,?,true,NULL,0,0,0,'alone',?)",
+        [[i, i, i, now] for i in ids],
+    )
     _rebuild_stories(con, [r[0] for r in rows], now)
 
 

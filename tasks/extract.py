@@ -11,10 +11,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
-from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import trafilatura
 from trafilatura.utils import decode_file
@@ -81,29 +80,59 @@ def extract_page(html: str, url: str | None, opts: ExtractOptions) -> Extracted:
     )
 
 
-def _extract_star(args: tuple[str, str | None, ExtractOptions]) -> Extracted:
-    return extract_page(*args)
+def _extract_chunk(jobs: list[tuple[str, str | None, ExtractOptions]]) -> list[Extracted]:
+    return [extract_page(*j) for j in jobs]
+
+
+def _warm_worker() -> None:
+    """Runs in each new worker: pay Trafilatura's import before the first page arrives."""
+    import trafilatura.core  # noqa: F401
 
 
 class Extractor:
     """A pool of extraction processes, started on first need and shared by a run."""
 
+    CHUNK = 4
+    """Pages per task sent to a worker: fewer round trips, still fine-grained."""
+
     def __init__(self, workers: int, opts: ExtractOptions) -> None:
         self.workers = workers or os.cpu_count() or 1
         self.opts = opts
-        self._pool: Executor | None = None
+        self._pool: ProcessPoolExecutor | None = None
 
-    def extract_many(self, pages: Sequence[tuple[str, str | None]]) -> list[Extracted]:
-        """Extract ``(html, url)`` pairs, in order."""
-        jobs: list[Any] = [(html, url, self.opts) for html, url in pages]
-        if len(jobs) < _INLINE_BELOW or self.workers == 1:
-            return [_extract_star(j) for j in jobs]
+    def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
             # spawn, not fork: the parent runs threads (Prefect, the fetcher's loop).
             ctx = multiprocessing.get_context("spawn")
-            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
-        chunk = max(1, len(jobs) // (self.workers * 4))
-        return list(self._pool.map(_extract_star, jobs, chunksize=chunk))
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=ctx, initializer=_warm_worker
+            )
+        return self._pool
+
+    def warm(self) -> None:
+        """Start the workers now (they import Trafilatura while the feeds are fetched)."""
+        if self.workers > 1:
+            pool = self._ensure_pool()
+            for _ in range(self.workers):
+                pool.submit(int)
+
+    def submit(self, pages: Sequence[tuple[str, str | None]]) -> Callable[[], list[Extracted]]:
+        """Queue ``(html, url)`` pairs for extraction; the returned call waits for the results,
+        in order. Few pages are extracted here and now (a round trip would cost more)."""
+        jobs = [(html, url, self.opts) for html, url in pages]
+        if len(jobs) < _INLINE_BELOW or self.workers == 1:
+            done = _extract_chunk(jobs)
+            return lambda: done
+        pool = self._ensure_pool()
+        futures = [
+            pool.submit(_extract_chunk, jobs[i : i + self.CHUNK])
+            for i in range(0, len(jobs), self.CHUNK)
+        ]
+        return lambda: [x for f in futures for x in f.result()]
+
+    def extract_many(self, pages: Sequence[tuple[str, str | None]]) -> list[Extracted]:
+        """Extract ``(html, url)`` pairs, in order."""
+        return self.submit(pages)()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -11,7 +11,8 @@ on; anything else is logged at critical and re-raised.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,6 +73,8 @@ class SourceOutcome:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    """Wall seconds per stage: fetch (feed and pages), extract, load."""
 
 
 @dataclass
@@ -153,10 +156,10 @@ def fetch_pages(source: Source, ctx: RunContext, urls: list[str]) -> list[HttpRe
 
 @task(name="extract", task_run_name="extract-{source.name}", cache_policy=NO_CACHE)
 def extract_pages(
-    source: Source, ctx: RunContext, pages: list[tuple[str, str | None]]
+    source: Source, ctx: RunContext, extraction: Callable[[], list[Extracted]]
 ) -> list[Extracted]:
-    """Run Trafilatura over ``(html, url)`` pairs in the run's worker processes."""
-    return ctx.extractor.extract_many(pages)
+    """Collect Trafilatura's results for a batch from the run's worker processes."""
+    return extraction()
 
 
 @task(name="load", task_run_name="load-{source.name}", cache_policy=NO_CACHE)
@@ -190,19 +193,35 @@ def _fetch_pages_for(source: Source, ctx: RunContext) -> bool:
     return ctx.settings.fetch.fetch_pages if source.fetch_pages is None else source.fetch_pages
 
 
-def process_batch(
+@dataclass
+class _Batch:
+    """A batch between its two halves: planned, pages fetched, extraction under way."""
+
+    linked: list[tuple[Candidate, str]]
+    existing: set[str]
+    ids: dict[str, str]
+    todo: list[Candidate]
+    errors: list[ItemError]
+    html_of: dict[str, str]
+    problem_of: dict[str, str]
+    jobs: list[Candidate]
+    extraction: Callable[[], list[Extracted]] | None
+
+
+def prepare_batch(
     source: Source, ctx: RunContext, batch: list[Candidate], out: SourceOutcome
-) -> None:
-    """Fetch, extract and load the new entries of one batch."""
-    wh = ctx.warehouse
+) -> _Batch | None:
+    """First half: which entries are new, fetch their pages, start their extraction."""
     # The same entry listed twice in one feed counts once.
     batch = list({c.entry_key: c for c in reversed(batch)}.values())[::-1]
-    known = wh.known_entries(source.name, [c.entry_key for c in batch])
+    ids_all = {c.entry_key: provisional_article_id(c) for c in batch}
+    known, existing = ctx.warehouse.plan_batch(
+        source.name, list(ids_all), list(set(ids_all.values()))
+    )
     new = [c for c in batch if c.entry_key not in known]
     if not new:
-        return
-    ids = {c.entry_key: provisional_article_id(c) for c in new}
-    existing = wh.existing_articles(list(set(ids.values())))
+        return None
+    ids = {c.entry_key: ids_all[c.entry_key] for c in new}
     linked = [(c, ids[c.entry_key]) for c in new]
     # Only entries whose article is new need work; the rest are linked to what is there.
     todo = [c for c in new if ids[c.entry_key] not in existing]
@@ -222,6 +241,7 @@ def process_batch(
         and c.url.startswith(("http://", "https://"))
     ]
     if to_fetch:
+        t0 = time.perf_counter()
         results = fetch_pages(source, ctx, [c.url for c in to_fetch if c.url])
         for c, res in zip(to_fetch, results, strict=True):
             item = c.url or c.entry_key
@@ -236,24 +256,35 @@ def process_batch(
                 errors.append(ItemError(source.name, item, "fetch", "not_html", ctype))
                 continue
             html_of[c.entry_key] = decode_html(res.body)
+        out.stage_seconds["fetch"] += time.perf_counter() - t0
     for c in todo:
         if c.html is not None:
             html_of[c.entry_key] = c.html
     jobs = [c for c in todo if c.entry_key in html_of]
+    extraction = (
+        ctx.extractor.submit([(html_of[c.entry_key], c.url) for c in jobs]) if jobs else None
+    )
+    return _Batch(linked, existing, ids, todo, errors, html_of, problem_of, jobs, extraction)
+
+
+def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome) -> None:
+    """Second half: collect the extraction, build the articles, load them."""
     extracted: dict[str, Extracted] = {}
-    if jobs:
-        results_x = extract_pages(source, ctx, [(html_of[c.entry_key], c.url) for c in jobs])
-        extracted = {c.entry_key: x for c, x in zip(jobs, results_x, strict=True)}
+    if b.extraction is not None:
+        t0 = time.perf_counter()
+        results_x = extract_pages(source, ctx, b.extraction)
+        out.stage_seconds["extract"] += time.perf_counter() - t0
+        extracted = {c.entry_key: x for c, x in zip(b.jobs, results_x, strict=True)}
     now = datetime.now(UTC)
     articles: list[Article] = []
     built: set[str] = set()
-    for c in todo:
+    errors = b.errors
+    for c in b.todo:
         x = extracted.get(c.entry_key)
-        if x is not None and c.entry_key in html_of:
-            wall = detect_wall(html_of[c.entry_key], x.text)
+        if x is not None and c.entry_key in b.html_of:
+            wall = detect_wall(b.html_of[c.entry_key], x.text)
             if wall is not None:
                 x = Extracted(text=None, error=f"{wall}: the page is not the article")
-                extracted[c.entry_key] = x
         if x is not None and x.text is None:
             errors.append(
                 ItemError(source.name, c.location or c.url or c.entry_key, "extract",
@@ -263,26 +294,43 @@ def process_batch(
             c,
             x,
             fetched_at=now,
-            html=html_of.get(c.entry_key),
-            page_problem=problem_of.get(c.entry_key),
+            html=b.html_of.get(c.entry_key),
+            page_problem=b.problem_of.get(c.entry_key),
             extractor_version=EXTRACTOR_VERSION,
         )
         if art is None:
             errors.append(
                 ItemError(source.name, c.location or c.url or c.entry_key, "extract", "no_text",
-                          problem_of.get(c.entry_key) or (x.error if x else None)
+                          b.problem_of.get(c.entry_key) or (x.error if x else None)
                           or "the entry has no text and no page to extract")
             )  # fmt: skip
             continue
         articles.append(art)
-        built.add(ids[c.entry_key])
+        built.add(b.ids[c.entry_key])
     # Entries whose article could not be built (no text at all) are not loaded: a later run
     # retries them.
-    linked = [(c, aid) for c, aid in linked if aid in existing or aid in built]
+    linked = [(c, aid) for c, aid in b.linked if aid in b.existing or aid in built]
+    t0 = time.perf_counter()
     n_new, n_dup, n_err = load_batch(source, ctx, linked, articles, errors)
+    out.stage_seconds["load"] += time.perf_counter() - t0
     out.new_articles += n_new
     out.duplicates += n_dup
     out.errors += n_err
+
+
+def process_batches(
+    source: Source, ctx: RunContext, batches: Iterable[list[Candidate]], out: SourceOutcome
+) -> None:
+    """Double-buffered: while batch k is extracted (worker processes) and loaded, the pages of
+    batch k+1 are fetched and queued for extraction, so the workers never wait."""
+    pending: _Batch | None = None
+    for batch in batches:
+        prepared = prepare_batch(source, ctx, batch, out)
+        if pending is not None:
+            finish_batch(source, ctx, pending, out)
+        pending = prepared
+    if pending is not None:
+        finish_batch(source, ctx, pending, out)
 
 
 def _file_batches(
@@ -366,7 +414,9 @@ def ingest_source(
                 retry_delay_seconds=[fs.retry_backoff * 2**i for i in range(fs.retries)],
                 retry_condition_fn=_retry_transient,
             )
+            t_fetch = time.perf_counter()
             listing = fetch(source, ctx, state)
+            out.stage_seconds["fetch"] += time.perf_counter() - t_fetch
             out.http_status = listing.result.status
             out.nbytes = len(listing.result.body)
             out.entries = len(listing.candidates)
@@ -382,8 +432,7 @@ def ingest_source(
         else:
             wanted = {Path(p).resolve() for p in only} if only is not None else None
             batches = _file_batches(source, ctx, out, wanted)
-        for batch in batches:
-            process_batch(source, ctx, batch, out)
+        process_batches(source, ctx, batches, out)
     except SourceError as exc:
         out.status, out.error = "error", exc.message
         if isinstance(exc, FetchError) and exc.status:

@@ -1,0 +1,198 @@
+"""Cold ingest, warm re-run and memory, against plain Trafilatura, in one run side by side.
+
+Serves the pages of ../shared/corpus/html, replicated under distinct URLs with a small text
+change per copy (so dedup has real work), and a feed listing them (with an ETag), from
+127.0.0.1. Then:
+
+1. **bare**: plain Trafilatura (``bare_extraction`` with the pipeline's options) over the same
+   pages, in the same number of worker processes: the machine's limit;
+2. **cold**: ``newsflow run`` into a fresh warehouse; Prefect's start-up (process start to flow
+   start) is reported apart from the flow's own time, with the stages in seconds;
+3. **warm**: ``newsflow run`` again: the feed answers 304, no page is fetched.
+
+    .venv/bin/python bench/throughput.py [--pages 2000] [--workers 2] [--skip-bare]
+
+Prints JSON (also written to bench/out/throughput-<pages>.json). Only loopback traffic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.httpserver import Route, TestServer  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus"
+
+
+def corpus_pages() -> list[tuple[str, bytes]]:
+    with (CORPUS / "manifest.csv").open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "html"]
+    return [(r["id"], (CORPUS / r["local_path"]).read_bytes()) for r in rows]
+
+
+def variant(html: bytes, k: int) -> bytes:
+    """Copy ``k`` of a page: one sentence of its own at the top of the first paragraph."""
+    if k == 0:
+        return html
+    marker = f"Update {k}: this copy was filed by desk {k % 17} at {k % 24:02d}:00. ".encode()
+    i = html.find(b"<p")
+    if i < 0:
+        return html + b"<p>" + marker + b"</p>"
+    j = html.find(b">", i)
+    return html[: j + 1] + marker + html[j + 1 :]
+
+
+def build_site(server: TestServer, n: int) -> list[tuple[str, bytes]]:
+    """Register ``n`` pages and the feed; return (url, body) of every page."""
+    base = corpus_pages()
+    pages = []
+    for i in range(n):
+        pid, html = base[i % len(base)]
+        body = variant(html, i // len(base))
+        path = f"/p/{i}/{pid}.html"
+        server.set(path, Route(body=body))
+        pages.append((server.url(path), body))
+    items = "".join(
+        f"<item><guid>{i}</guid><title>page {i}</title><link>{escape(u)}</link></item>"
+        for i, (u, _) in enumerate(pages)
+    )
+    feed = f'<rss version="2.0"><channel><title>bench</title>{items}</channel></rss>'
+    server.set(
+        "/feed.xml", Route(body=feed.encode(), content_type="application/rss+xml", etag='"b1"')
+    )
+    return pages
+
+
+def _bare_one(args: tuple[bytes, str]) -> int:
+    import trafilatura
+
+    doc = trafilatura.bare_extraction(
+        args[0], url=args[1], with_metadata=True, include_comments=False, include_tables=True,
+        favor_precision=False,
+    )  # fmt: skip
+    return len(doc.text or "") if doc is not None and not isinstance(doc, dict) else 0
+
+
+def bare(pages: list[tuple[str, bytes]], workers: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        chunk = max(1, len(pages) // (workers * 16))
+        sizes = list(pool.map(_bare_one, [(b, u) for u, b in pages], chunksize=chunk))
+    seconds = time.perf_counter() - t0
+    return {
+        "seconds": round(seconds, 2),
+        "pages_per_s": round(len(pages) / seconds, 1),
+        "with_text": sum(1 for s in sizes if s),
+    }
+
+
+def newsflow_run(cfg: Path) -> dict[str, Any]:
+    env = dict(
+        os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING"
+    )
+    t0 = time.perf_counter()
+    started = datetime.now().astimezone()
+    proc = subprocess.run(
+        [str(ROOT / ".venv/bin/newsflow"), "run", "--config", str(cfg), "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):
+        print(proc.stderr[-4000:], file=sys.stderr)
+        raise SystemExit(proc.returncode)
+    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    import duckdb
+
+    con = duckdb.connect(str(json.loads(json.dumps(summary["warehouse"]))), read_only=True)
+    (flow_started, flow_ended) = con.execute(
+        "SELECT started_at, ended_at FROM runs WHERE run_id = ?", [summary["run_id"]]
+    ).fetchone()
+    con.close()
+    flow = summary["seconds"]["flow"]
+    return {
+        "wall_seconds": round(wall, 2),
+        "prefect_startup_seconds": round((flow_started - started).total_seconds(), 2),
+        "flow_seconds": round(flow, 2),
+        "flow_recorded_seconds": round((flow_ended - flow_started).total_seconds(), 2),
+        "summary": summary,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--pages", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--skip-bare", action="store_true")
+    args = ap.parse_args()
+    if not (CORPUS / "manifest.csv").exists():
+        print(json.dumps({"skipped": "../shared/corpus absent"}))
+        return
+    out: dict[str, Any] = {"pages": args.pages, "workers": args.workers}
+    with TestServer() as server, tempfile.TemporaryDirectory() as tmp:
+        pages = build_site(server, args.pages)
+        if not args.skip_bare:
+            out["bare_trafilatura"] = bare(pages, args.workers)
+        cfg = Path(tmp) / "bench.toml"
+        cfg.write_text(
+            f'[warehouse]\npath = "{tmp}/news.duckdb"\n'
+            f"[extract]\nworkers = {args.workers}\n"
+            f'[[sources]]\nname = "bench"\nkind = "feed"\nurl = "{server.url("/feed.xml")}"\n'
+        )
+        hits_before = len(server.requests)
+        cold = newsflow_run(cfg)
+        page_hits_cold = len(server.requests) - hits_before
+        hits_before = len(server.requests)
+        warm = newsflow_run(cfg)
+        page_hits_warm = len(server.requests) - hits_before - 1  # minus the feed's 304
+    s = cold["summary"]
+    o = s["outcomes"][0]
+    out["cold"] = {
+        "prefect_startup_seconds": cold["prefect_startup_seconds"],
+        "flow_seconds": cold["flow_seconds"],
+        "pages_per_s": round(o["pages_fetched"] / cold["flow_seconds"], 1),
+        "stages_seconds": {
+            **{k: round(v, 2) for k, v in o["stage_seconds"].items()},
+            "dedup": round(s["seconds"]["dedup"], 2),
+            "search_index": round(s["seconds"]["search_index"], 2),
+        },
+        "requests": page_hits_cold,
+        "new_articles": s["new_articles"],
+        "duplicates_exact": s["duplicates"],
+        "near_duplicates": s["near_duplicates"],
+        "peak_rss_mb": {k: round(v, 1) for k, v in s["peak_rss_mb"].items()},
+    }
+    out["warm"] = {
+        "flow_seconds": warm["flow_seconds"],
+        "prefect_startup_seconds": warm["prefect_startup_seconds"],
+        "page_fetches": page_hits_warm,
+        "fraction_of_cold": round(warm["flow_seconds"] / cold["flow_seconds"], 3),
+    }
+    if "bare_trafilatura" in out:
+        out["cold_vs_bare_throughput"] = round(
+            out["cold"]["pages_per_s"] / out["bare_trafilatura"]["pages_per_s"], 3
+        )
+    dest = ROOT / "bench" / "out"
+    dest.mkdir(exist_ok=True)
+    (dest / f"throughput-{args.pages}.json").write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""Warehouse benchmarks: the load step alone, and the user's queries on a large warehouse.
+
+    .venv/bin/python bench/warehouse_bench.py load  [--existing 100000] [--batch 10000]
+    .venv/bin/python bench/warehouse_bench.py query [--articles 1000000]
+
+``load`` fills a fresh warehouse with ``--existing`` synthetic articles through the real load
+path (``Warehouse.load_batch``), then times loading new batches into it: articles/s.
+``query`` builds a synthetic warehouse of ``--articles`` articles with stories (SQL-generated,
+written straight into the tables), builds the full-text index, and times the three queries
+people run most: stories of the last 24 h (as ``newsflow stories``), a full-text search (as
+``newsflow search``) and per-source counts. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tasks.core.models import Article, Candidate  # noqa: E402
+from tasks.core.text import content_hash  # noqa: E402
+from tasks.db import Warehouse, search_sql  # noqa: E402
+
+WORDS = [
+    "council", "harbour", "tram", "minister", "storm", "budget", "river", "school", "election",
+    "market", "bridge", "police", "hospital", "festival", "court", "energy", "museum", "farm",
+    "strike", "railway", "flood", "union", "airport", "theatre", "library", "factory", "coast",
+]  # fmt: skip
+
+
+def synthetic(i: int, rng: random.Random, now: datetime) -> tuple[Candidate, Article]:
+    text = " ".join(rng.choices(WORDS, k=300)) + f" item {i}"
+    url = f"https://site{i % 50}.invalid/news/{i}"
+    published = now - timedelta(minutes=rng.randint(0, 60 * 24 * 30))
+    c = Candidate(
+        source=f"src{i % 20}", entry_key=f"guid:{i}", key_kind="guid", guid=str(i), url=url,
+        canonical_url=url, title=f"Headline {i}", author=None, published_at=published, tags=(),
+        fallback_text=text, fallback_origin="feed_content",
+    )  # fmt: skip
+    a = Article(
+        article_id=f"{i:016x}", source=c.source, entry_key=c.entry_key, url=url,
+        canonical_url=url, title=c.title, text=text, author=None, published_at=published,
+        site_name=None, language="en", tags=(), content_hash=content_hash(text), fetched_at=now,
+        text_origin="feed_content", fallback_reason=None, extractor_version=None, html=None,
+    )  # fmt: skip
+    return c, a
+
+
+def bench_load(existing: int, batch: int, rounds: int) -> dict[str, object]:
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    with tempfile.TemporaryDirectory() as tmp:
+        wh = Warehouse(Path(tmp) / "news.duckdb")
+        wh.migrate()
+        t0 = time.perf_counter()
+        for start in range(0, existing, batch):
+            rows = [synthetic(i, rng, now) for i in range(start, min(existing, start + batch))]
+            wh.load_batch("fill", [(c, a.article_id) for c, a in rows], [a for _, a in rows], [])
+        fill_s = time.perf_counter() - t0
+        rates = []
+        next_id = existing
+        for _ in range(rounds):
+            rows = [synthetic(i, rng, now) for i in range(next_id, next_id + batch)]
+            next_id += batch
+            t = time.perf_counter()
+            r = wh.load_batch(
+                "bench", [(c, a.article_id) for c, a in rows], [a for _, a in rows], []
+            )
+            rates.append(batch / (time.perf_counter() - t))
+            assert r.new_articles == batch
+        # Loading the same batch again (a re-run) inserts nothing.
+        t = time.perf_counter()
+        again = wh.load_batch(
+            "bench", [(c, a.article_id) for c, a in rows], [a for _, a in rows], []
+        )
+        rerun_rate = batch / (time.perf_counter() - t)
+        assert again.new_articles == 0
+    return {
+        "existing_articles": existing,
+        "batch": batch,
+        "fill_articles_per_s": round(existing / fill_s),
+        "load_articles_per_s_median": round(statistics.median(rates)),
+        "load_articles_per_s_each": [round(r) for r in rates],
+        "rerun_same_batch_articles_per_s": round(rerun_rate),
+    }
+
+
+def bench_query(n: int) -> dict[str, object]:
+    with tempfile.TemporaryDirectory() as tmp:
+        wh = Warehouse(Path(tmp) / "news.duckdb")
+        wh.migrate()
+        t0 = time.perf_counter()
+        words = "['" + "','".join(WORDS) + "']"
+        with wh.writer() as con:
+            con.execute(
+                f"""
+                INSERT INTO articles (article_id, source, entry_key, url, canonical_url, title,
+                    text, published_at, content_hash, fetched_at, text_origin, language)
+                SELECT printf('%016x', i), 'src' || (i % 50), 'guid:' || i,
+                       'https://s' || (i % 50) || '.invalid/' || i,
+                       'https://s' || (i % 50) || '.invalid/' || i,
+                       'Headline ' || i || ' ' || {words}[1 + (i * 7) % 27],
+                       (SELECT string_agg({words}[1 + ((i * 31 + k * 17) % 27)], ' ')
+                        FROM range(120) t(k)) || ' story' || (i // 3),
+                       now() - to_seconds((i * 2654435761) % (86400 * 90)),
+                       md5(i::VARCHAR), now(), 'feed_content', 'en'
+                FROM range({n}) r(i)
+                """
+            )
+            con.execute(
+                """
+                INSERT INTO story_articles
+                SELECT article_id, printf('%016x', (i // 3) * 3), printf('%016x', (i // 3) * 3),
+                       i % 3 = 0, NULL, 0.5, 0.5, 0.215, 'similar', now()
+                FROM (SELECT article_id, ('0x' || article_id)::BIGINT AS i FROM articles)
+                """
+            )
+            con.execute(
+                """
+                INSERT INTO stories
+                SELECT s.story_id, any_value(a.title), s.story_id,
+                       min(a.published_at), max(a.published_at), count(*), count(DISTINCT a.source),
+                       now()
+                FROM story_articles s JOIN articles a USING (article_id) GROUP BY s.story_id
+                """
+            )
+        build_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        wh.refresh_search_index()
+        fts_s = time.perf_counter() - t0
+        from flows.cli import STORIES_SQL
+
+        cutoff = datetime.now(UTC) - timedelta(hours=24)
+        search, params = search_sql("harbour tram strike", 10)
+        queries = {
+            "stories_last_24h": (STORIES_SQL, [cutoff, 1, 20]),
+            "full_text_search": (search, params),
+            "per_source_counts": (
+                "SELECT source, count(*) AS articles, max(published_at) AS latest "
+                "FROM articles GROUP BY source ORDER BY articles DESC",
+                [],
+            ),
+        }
+        timings: dict[str, object] = {}
+        with wh.reader() as con:
+            for name, (sql, args) in queries.items():
+                runs = []
+                for _ in range(5):
+                    t = time.perf_counter()
+                    rows = con.execute(sql, args).fetchall()
+                    runs.append((time.perf_counter() - t) * 1000)
+                timings[name] = {"ms_median": round(statistics.median(runs), 1), "rows": len(rows)}
+    return {
+        "articles": n,
+        "build_seconds": round(build_s, 1),
+        "fts_index_seconds": round(fts_s, 1),
+        "queries": timings,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("what", choices=["load", "query"])
+    ap.add_argument("--existing", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--articles", type=int, default=1_000_000)
+    args = ap.parse_args()
+    if args.what == "load":
+        out = bench_load(args.existing, args.batch, args.rounds)
+    else:
+        out = bench_query(args.articles)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
