@@ -11,7 +11,6 @@ on; anything else is logged at critical and re-raised.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -73,8 +72,11 @@ class SourceOutcome:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds per stage: fetch (feed and pages), extract, load."""
+
+    def timed(self, stage: str, since: float) -> None:
+        self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + time.perf_counter() - since
 
 
 @dataclass
@@ -256,7 +258,7 @@ def prepare_batch(
                 errors.append(ItemError(source.name, item, "fetch", "not_html", ctype))
                 continue
             html_of[c.entry_key] = decode_html(res.body)
-        out.stage_seconds["fetch"] += time.perf_counter() - t0
+        out.timed("fetch", t0)
     for c in todo:
         if c.html is not None:
             html_of[c.entry_key] = c.html
@@ -273,7 +275,7 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     if b.extraction is not None:
         t0 = time.perf_counter()
         results_x = extract_pages(source, ctx, b.extraction)
-        out.stage_seconds["extract"] += time.perf_counter() - t0
+        out.timed("extract", t0)
         extracted = {c.entry_key: x for c, x in zip(b.jobs, results_x, strict=True)}
     now = datetime.now(UTC)
     articles: list[Article] = []
@@ -312,7 +314,7 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     linked = [(c, aid) for c, aid in b.linked if aid in b.existing or aid in built]
     t0 = time.perf_counter()
     n_new, n_dup, n_err = load_batch(source, ctx, linked, articles, errors)
-    out.stage_seconds["load"] += time.perf_counter() - t0
+    out.timed("load", t0)
     out.new_articles += n_new
     out.duplicates += n_dup
     out.errors += n_err
@@ -416,7 +418,7 @@ def ingest_source(
             )
             t_fetch = time.perf_counter()
             listing = fetch(source, ctx, state)
-            out.stage_seconds["fetch"] += time.perf_counter() - t_fetch
+            out.timed("fetch", t_fetch)
             out.http_status = listing.result.status
             out.nbytes = len(listing.result.body)
             out.entries = len(listing.candidates)

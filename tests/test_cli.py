@@ -49,6 +49,15 @@ def test_run_prints_a_summary(demo):
     assert "demo-articles" in out and "demo-feeds" in out
 
 
+def test_run_json_summary(demo):
+    cfg, _ = demo
+    out = run("run", "--config", str(cfg), "--json")
+    summary = json.loads(out[out.index("{") :])
+    assert summary["status"] == "completed" and summary["new_articles"] == 0
+    assert [o["status"] for o in summary["outcomes"]] == ["ok", "ok"]
+    assert set(summary["seconds"]) >= {"sources", "dedup", "search_index", "flow"}
+
+
 def test_sql_table_csv_json_parquet(demo, tmp_path):
     cfg, _ = demo
     q = "SELECT source, count(*) AS n FROM articles GROUP BY ALL ORDER BY source"
