@@ -150,18 +150,30 @@ def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedLi
     )
 
 
+# Page bodies and extracted texts go into the caller's ``sink``, never out as a task's result:
+# Prefect keeps every task result of a flow run alive until the run ends (to link upstream
+# dependencies), which made memory grow with the number of pages.
+
+
 @task(name="pages", task_run_name="pages-{source.name}", cache_policy=NO_CACHE)
-def fetch_pages(source: Source, ctx: RunContext, urls: list[str]) -> list[HttpResult | FetchError]:
+def fetch_pages(
+    source: Source, ctx: RunContext, urls: list[str], sink: list[HttpResult | FetchError]
+) -> int:
     """Fetch the article pages of new entries, concurrently, within the run's bounds."""
-    return ctx.fetcher.get_many(urls, source=source.name)
+    sink.extend(ctx.fetcher.get_many(urls, source=source.name))
+    return len(sink)
 
 
 @task(name="extract", task_run_name="extract-{source.name}", cache_policy=NO_CACHE)
 def extract_pages(
-    source: Source, ctx: RunContext, extraction: Callable[[], list[Extracted]]
-) -> list[Extracted]:
+    source: Source,
+    ctx: RunContext,
+    extraction: Callable[[], list[Extracted]],
+    sink: list[Extracted],
+) -> int:
     """Collect Trafilatura's results for a batch from the run's worker processes."""
-    return extraction()
+    sink.extend(extraction())
+    return len(sink)
 
 
 @task(name="load", task_run_name="load-{source.name}", cache_policy=NO_CACHE)
@@ -244,7 +256,8 @@ def prepare_batch(
     ]
     if to_fetch:
         t0 = time.perf_counter()
-        results = fetch_pages(source, ctx, [c.url for c in to_fetch if c.url])
+        results: list[HttpResult | FetchError] = []
+        fetch_pages(source, ctx, [c.url for c in to_fetch if c.url], results)
         for c, res in zip(to_fetch, results, strict=True):
             item = c.url or c.entry_key
             if isinstance(res, FetchError):
@@ -274,7 +287,8 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     extracted: dict[str, Extracted] = {}
     if b.extraction is not None:
         t0 = time.perf_counter()
-        results_x = extract_pages(source, ctx, b.extraction)
+        results_x: list[Extracted] = []
+        extract_pages(source, ctx, b.extraction, results_x)
         out.timed("extract", t0)
         extracted = {c.entry_key: x for c, x in zip(b.jobs, results_x, strict=True)}
     now = datetime.now(UTC)

@@ -73,7 +73,9 @@ __all__ = [
     "choose_representative",
     "document_terms",
     "featurise",
+    "featurise_raw",
     "pair_similarity",
+    "raw_term_frequencies",
     "term_weights",
 ]
 
@@ -345,10 +347,31 @@ def featurise(
     docs: Iterable[StoryDoc], df: Mapping[str, int], n_docs: int, params: StoryParams
 ) -> list[ArticleFeatures]:
     """Terms and blocking terms of many articles in one pass (input order kept)."""
+    docs = list(docs)
+    return featurise_raw(docs, raw_term_frequencies(docs, params), df, n_docs, params)
+
+
+def raw_term_frequencies(
+    docs: Iterable[StoryDoc], params: StoryParams
+) -> dict[str, dict[str, float]]:
+    """Each article's raw (lead- and entity-weighted) term frequencies, by id: the one
+    tokenising pass; its keys are the terms whose document frequency the caller looks up."""
+    featuriser = _Featuriser(params, {}, 0)
+    return {d.id: featuriser.raw(d.title, d.text) for d in docs}
+
+
+def featurise_raw(
+    docs: Iterable[StoryDoc],
+    raws: Mapping[str, Mapping[str, float]],
+    df: Mapping[str, int],
+    n_docs: int,
+    params: StoryParams,
+) -> list[ArticleFeatures]:
+    """:func:`featurise` from :func:`raw_term_frequencies` (no second tokenising pass)."""
     featuriser = _Featuriser(params, df, n_docs)
     out: list[ArticleFeatures] = []
     for d in docs:
-        raw = featuriser.raw(d.title, d.text)
+        raw = raws[d.id]
         w = featuriser.normalise(raw)
         out.append(ArticleFeatures(d.id, frozenset(raw), tuple(blocking_terms(w, params)), w))
     return out
