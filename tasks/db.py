@@ -17,6 +17,7 @@ import glob
 import os
 import threading
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -352,7 +353,7 @@ class Warehouse:
                         "(SELECT 1 FROM duplicates t WHERE t.source = s.source "
                         "AND t.entry_key = s.entry_key)"
                     )
-                pages = [a for a in articles if a.html is not None]
+                pages = [a for a in articles if a.page_z is not None]
                 if pages:
                     con.register(
                         "staged_pages",
@@ -360,9 +361,10 @@ class Warehouse:
                             {
                                 "article_id": [a.article_id for a in pages],
                                 "url": [a.url for a in pages],
-                                "html": [a.html for a in pages],
+                                "html": pa.nulls(len(pages), pa.string()),
                                 "fetched_at": [a.fetched_at for a in pages],
                                 "extractor_version": [a.extractor_version for a in pages],
+                                "html_zlib": pa.array([a.page_z for a in pages], pa.binary()),
                             }
                         ),
                     )
@@ -426,11 +428,15 @@ class Warehouse:
         """``(article_id, url, html)`` of stored pages, for re-extraction."""
         where = "WHERE a.source IN (SELECT unnest(?))" if sources else ""
         with self.writer() as con:
-            return con.execute(
-                f"SELECT p.article_id, coalesce(a.url, p.url), p.html FROM pages p "
+            rows = con.execute(
+                f"SELECT p.article_id, coalesce(a.url, p.url), p.html, p.html_zlib FROM pages p "
                 f"JOIN articles a USING (article_id) {where} ORDER BY p.article_id",
                 [list(sources)] if sources else [],
             ).fetchall()
+        return [
+            (aid, url, html if z is None else zlib.decompress(z).decode("utf-8", "surrogatepass"))
+            for aid, url, html, z in rows
+        ]
 
     def update_texts(self, rows: Sequence[tuple[str, str, str, str]]) -> int:
         """Set ``(article_id, text, content_hash, extractor_version)``; returns rows changed."""

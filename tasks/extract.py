@@ -11,14 +11,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import zlib
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import trafilatura
 from trafilatura.utils import decode_file
 
 from tasks.core.models import Extracted
+from tasks.core.walls import detect_wall
 
 EXTRACTOR_VERSION = f"trafilatura {trafilatura.__version__}"
 _HTML_LANG = re.compile(rb"<html[^>]*\blang\s*=\s*[\"']?([A-Za-z]{2,3})(?:[-_][A-Za-z0-9]+)?", re.I)
@@ -34,9 +36,9 @@ class ExtractOptions:
     min_chars: int = 1
 
 
-def decode_html(raw: bytes) -> str:
+def decode_html(raw: bytes | str) -> str:
     """Decode page bytes the way Trafilatura does (declared charset, then detection)."""
-    return str(decode_file(raw))
+    return raw if isinstance(raw, str) else str(decode_file(raw))
 
 
 def html_language(html: str) -> str | None:
@@ -80,8 +82,18 @@ def extract_page(html: str, url: str | None, opts: ExtractOptions) -> Extracted:
     )
 
 
-def _extract_chunk(jobs: list[tuple[str, str | None, ExtractOptions]]) -> list[Extracted]:
-    return [extract_page(*j) for j in jobs]
+def process_page(page: bytes | str, url: str | None, opts: ExtractOptions) -> Extracted:
+    """Everything a page needs, in the worker: decode, extract, refuse walls, compress."""
+    html = decode_html(page) if isinstance(page, bytes) else page
+    x = extract_page(html, url, opts)
+    wall = detect_wall(html, x.text)
+    if wall is not None:
+        x = Extracted(text=None, error=f"{wall}: the page is not the article")
+    return replace(x, page_z=zlib.compress(html.encode("utf-8", "surrogatepass"), 1))
+
+
+def _extract_chunk(jobs: list[tuple[bytes | str, str | None, ExtractOptions]]) -> list[Extracted]:
+    return [process_page(*j) for j in jobs]
 
 
 def _warm_worker() -> None:
@@ -116,9 +128,12 @@ class Extractor:
             for _ in range(self.workers):
                 pool.submit(int)
 
-    def submit(self, pages: Sequence[tuple[str, str | None]]) -> Callable[[], list[Extracted]]:
-        """Queue ``(html, url)`` pairs for extraction; the returned call waits for the results,
-        in order. Few pages are extracted here and now (a round trip would cost more)."""
+    def submit(
+        self, pages: Sequence[tuple[bytes | str, str | None]]
+    ) -> Callable[[], list[Extracted]]:
+        """Queue ``(page, url)`` pairs (raw bytes or decoded HTML) for extraction; the returned
+        call waits for the results, in order. Few pages are extracted here and now (a round
+        trip would cost more)."""
         jobs = [(html, url, self.opts) for html, url in pages]
         if len(jobs) < _INLINE_BELOW or self.workers == 1:
             done = _extract_chunk(jobs)
@@ -130,7 +145,7 @@ class Extractor:
         ]
         return lambda: [x for f in futures for x in f.result()]
 
-    def extract_many(self, pages: Sequence[tuple[str, str | None]]) -> list[Extracted]:
+    def extract_many(self, pages: Sequence[tuple[bytes | str, str | None]]) -> list[Extracted]:
         """Extract ``(html, url)`` pairs, in order."""
         return self.submit(pages)()
 

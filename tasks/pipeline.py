@@ -34,10 +34,9 @@ from tasks.core.feeds import parse_feed
 from tasks.core.models import Article, Candidate, Extracted, HttpResult, ItemError
 from tasks.core.politeness import next_fetch_after_failure, next_fetch_after_success
 from tasks.core.urls import canonicalize_url, entry_key
-from tasks.core.walls import detect_wall
 from tasks.db import Warehouse
 from tasks.dedup import DedupResult, cluster_pending
-from tasks.extract import EXTRACTOR_VERSION, Extractor, decode_html
+from tasks.extract import EXTRACTOR_VERSION, Extractor
 from tasks.fetch import Fetcher
 from tasks.files import FileScan, list_files, read_file
 
@@ -216,7 +215,7 @@ class _Batch:
     ids: dict[str, str]
     todo: list[Candidate]
     errors: list[ItemError]
-    html_of: dict[str, str]
+    html_of: dict[str, bytes | str]
     problem_of: dict[str, str]
     jobs: list[Candidate]
     extraction: Callable[[], list[Extracted]] | None
@@ -241,7 +240,7 @@ def prepare_batch(
     todo = [c for c in new if ids[c.entry_key] not in existing]
     todo = list({ids[c.entry_key]: c for c in reversed(todo)}.values())[::-1]
     errors: list[ItemError] = []
-    html_of: dict[str, str] = {}
+    html_of: dict[str, bytes | str] = {}  # raw bytes: the workers decode them
     problem_of: dict[str, str] = {}
     want_pages = _fetch_pages_for(source, ctx)
     # Pages are fetched for feed entries only: files and JSONL lines bring their own text.
@@ -270,7 +269,7 @@ def prepare_batch(
                 problem_of[c.entry_key] = f"page is not HTML ({ctype})"
                 errors.append(ItemError(source.name, item, "fetch", "not_html", ctype))
                 continue
-            html_of[c.entry_key] = decode_html(res.body)
+            html_of[c.entry_key] = res.body
         out.timed("fetch", t0)
     for c in todo:
         if c.html is not None:
@@ -297,10 +296,6 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     errors = b.errors
     for c in b.todo:
         x = extracted.get(c.entry_key)
-        if x is not None and c.entry_key in b.html_of:
-            wall = detect_wall(b.html_of[c.entry_key], x.text)
-            if wall is not None:
-                x = Extracted(text=None, error=f"{wall}: the page is not the article")
         if x is not None and x.text is None:
             errors.append(
                 ItemError(source.name, c.location or c.url or c.entry_key, "extract",
@@ -310,7 +305,7 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
             c,
             x,
             fetched_at=now,
-            html=b.html_of.get(c.entry_key),
+            page_z=x.page_z if x is not None else None,
             page_problem=b.problem_of.get(c.entry_key),
             extractor_version=EXTRACTOR_VERSION,
         )

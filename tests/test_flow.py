@@ -400,3 +400,31 @@ def test_search_index_is_refreshed_after_a_load(http_server, make_config, db, tm
     _, rows = Warehouse(tmp_path / "news.duckdb").query(sql, params)
 
     assert rows[0][4] == "Allotment waiting list in Brayfield passes 400 names"
+
+
+def test_reprocess_re_extracts_stored_pages_without_refetching(
+    http_server, make_config, db, tmp_path
+):
+    import duckdb
+    from click.testing import CliRunner
+
+    from flows.cli import main
+
+    url = fixture_feed(http_server)
+    cfg = make_config([{"name": "local", "kind": "feed", "url": url}])
+    ingest(config_path=str(cfg))
+    original = db("SELECT article_id, text FROM articles WHERE text_origin = 'page' ORDER BY 1")
+    hits = len(http_server.requests)
+    con = duckdb.connect(str(tmp_path / "news.duckdb"))
+    con.execute("UPDATE articles SET text = 'stale text' WHERE text_origin = 'page'")
+    con.close()
+
+    result = CliRunner().invoke(main, ["reprocess", "--config", str(cfg)])
+
+    assert result.exit_code == 0, result.output
+    assert "re-extracted 3 pages; 3 articles changed" in result.output
+    assert (
+        db("SELECT article_id, text FROM articles WHERE text_origin = 'page' ORDER BY 1")
+        == original
+    )
+    assert len(http_server.requests) == hits  # nothing refetched

@@ -163,7 +163,7 @@ def build_article(
     extracted: Extracted | None,
     *,
     fetched_at: datetime,
-    html: str | None,
+    page_z: bytes | None,
     page_problem: str | None,
     extractor_version: str | None,
 ) -> Article | None:
@@ -222,7 +222,7 @@ def build_article(
         text_origin=origin,
         fallback_reason=reason if origin != "page" and origin != "file" else None,
         extractor_version=extractor_version if meta else None,
-        html=html,
+        page_z=page_z,
     )
 
 

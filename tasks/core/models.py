@@ -95,6 +95,8 @@ class Extracted:
     canonical_url: str | None = None
     tags: tuple[str, ...] = ()
     error: str | None = None
+    page_z: bytes | None = None
+    """The page's HTML (UTF-8), zlib-compressed by the worker, kept for ``reprocess``."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +120,8 @@ class Article:
     text_origin: TextOrigin
     fallback_reason: str | None
     extractor_version: str | None
-    html: str | None
-    """Raw page HTML (decoded), stored compressed in ``pages`` for ``newsflow reprocess``."""
+    page_z: bytes | None
+    """The page's HTML, zlib-compressed, stored in ``pages`` for ``newsflow reprocess``."""
 
 
 @dataclass(frozen=True)
