@@ -424,8 +424,11 @@ class Warehouse:
                     "lower = 1, overwrite = 1)"
                 )
 
-    def stored_pages(self, sources: Sequence[str] | None) -> list[tuple[str, str | None, str]]:
-        """``(article_id, url, html)`` of stored pages, for re-extraction."""
+    def stored_pages(
+        self, sources: Sequence[str] | None
+    ) -> list[tuple[str, str | None, bytes | str]]:
+        """``(article_id, url, page)`` of stored pages (raw bytes, or HTML stored decoded by
+        older versions), for re-extraction."""
         where = "WHERE a.source IN (SELECT unnest(?))" if sources else ""
         with self.writer() as con:
             rows = con.execute(
@@ -433,10 +436,7 @@ class Warehouse:
                 f"JOIN articles a USING (article_id) {where} ORDER BY p.article_id",
                 [list(sources)] if sources else [],
             ).fetchall()
-        return [
-            (aid, url, html if z is None else zlib.decompress(z).decode("utf-8", "surrogatepass"))
-            for aid, url, html, z in rows
-        ]
+        return [(aid, url, html if z is None else zlib.decompress(z)) for aid, url, html, z in rows]
 
     def update_texts(self, rows: Sequence[tuple[str, str, str, str]]) -> int:
         """Set ``(article_id, text, content_hash, extractor_version)``; returns rows changed."""
