@@ -143,12 +143,14 @@ def write_config(
 # --- running the pipeline --------------------------------------------------------------------
 
 
-class PipelineTimeout(RuntimeError):
-    """A ``newsflow run`` outlived ``--timeout`` and was stopped (its process group)."""
+class PipelineStopped(RuntimeError):
+    """A ``newsflow run`` failed, was killed, or outlived ``--timeout`` (then it was stopped)."""
 
-    def __init__(self, cfg: Path, seconds: float, phases: dict[str, float]) -> None:
-        super().__init__(f"newsflow run stopped after {seconds:.0f} s ({cfg})")
-        self.cfg = cfg
+    def __init__(
+        self, cfg: Path, why: str, seconds: float, phases: dict[str, float], log_tail: str
+    ) -> None:
+        super().__init__(f"newsflow run {why} after {seconds:.0f} s ({cfg}):\n{log_tail}")
+        self.why = why
         self.seconds = seconds
         self.phases = phases
 
@@ -258,15 +260,18 @@ def run_pipeline(
             time.sleep(0.2)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
+        try:  # whatever the run left behind in its group (its Prefect server, if it was killed)
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
     stdout = out_path.read_text(encoding="utf-8", errors="replace")
     stderr = err_path.read_text(encoding="utf-8", errors="replace")
     phases = log_phases(stderr)
-    if timed_out:
-        raise PipelineTimeout(cfg, wall, phases)
-    if proc.returncode != 0 or "{" not in stdout:
-        raise RuntimeError(
-            f"newsflow run exited {proc.returncode} ({cfg}):\n{stderr[-3000:]}\n{stdout[-1000:]}"
-        )
+    if timed_out or proc.returncode != 0 or "{" not in stdout:
+        why = f"stopped by --timeout {timeout:.0f}" if timed_out else f"exited {proc.returncode}"
+        if proc.returncode < 0 and not timed_out:
+            why += f" (killed by signal {-proc.returncode}, not by this script)"
+        raise PipelineStopped(cfg, why, wall, phases, stderr[-3000:] + stdout[-1000:])
     summary = json.loads(stdout[stdout.index("{") :])
     m = _CLUSTER_LOG.search(stderr) or _CLUSTER_LOG.search(stdout)
     seconds = {k: float(v) for k, v in ast.literal_eval(m.group(4)).items()} if m else {}
@@ -658,7 +663,7 @@ def eval_scale(ctx: Context, rows: list[dict[str, Any]], size: int) -> dict[str,
         )
     try:
         run = run_pipeline(ctx.config(work), ctx.prefect_home, "run", ctx.timeout)
-    except PipelineTimeout as exc:
+    except PipelineStopped as exc:
         return {"articles": len(docs), **scale_progress(exc, work / "news.duckdb")}
     wh = Warehouse.read(work / "news.duckdb")
     if len(wh.story) < len(docs):
@@ -693,11 +698,12 @@ def _core_one_shot(docs: list[stories.StoryDoc], gold: Mapping[str, Any]) -> dic
     return _r(core.pairwise_prf(pred, gold))
 
 
-def scale_progress(exc: PipelineTimeout, db: Path) -> dict[str, Any]:
+def scale_progress(exc: PipelineStopped, db: Path) -> dict[str, Any]:
     """How far a stopped run got: rows committed before the stop (clustering commits per batch
     of 2000 articles)."""
     out: dict[str, Any] = {
-        "timed_out_after_seconds": round(exc.seconds, 1),
+        "run_failed": exc.why,
+        "run_seconds": round(exc.seconds, 1),
         "phases_seconds": exc.phases,
     }
     try:

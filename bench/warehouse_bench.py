@@ -50,7 +50,7 @@ def synthetic(i: int, rng: random.Random, now: datetime) -> tuple[Candidate, Art
         article_id=f"{i:016x}", source=c.source, entry_key=c.entry_key, url=url,
         canonical_url=url, title=c.title, text=text, author=None, published_at=published,
         site_name=None, language="en", tags=(), content_hash=content_hash(text), fetched_at=now,
-        text_origin="feed_content", fallback_reason=None, extractor_version=None, html=None,
+        text_origin="feed_content", fallback_reason=None, extractor_version=None, page_z=None,
     )  # fmt: skip
     return c, a
 
@@ -84,6 +84,17 @@ def bench_load(existing: int, batch: int, rounds: int) -> dict[str, object]:
         )
         rerun_rate = batch / (time.perf_counter() - t)
         assert again.new_articles == 0
+        # A bulk load in one writer session: one checkpoint at the end, included in the time.
+        session_rows = [
+            [synthetic(i, rng, now) for i in range(next_id + k * batch, next_id + (k + 1) * batch)]
+            for k in range(rounds)
+        ]
+        t = time.perf_counter()
+        with wh.session():
+            for rows in session_rows:
+                linked = [(c, a.article_id) for c, a in rows]
+                wh.load_batch("bench", linked, [a for _, a in rows], [])
+        session_rate = rounds * batch / (time.perf_counter() - t)
     return {
         "existing_articles": existing,
         "batch": batch,
@@ -91,6 +102,7 @@ def bench_load(existing: int, batch: int, rounds: int) -> dict[str, object]:
         "load_articles_per_s_median": round(statistics.median(rates)),
         "load_articles_per_s_each": [round(r) for r in rates],
         "rerun_same_batch_articles_per_s": round(rerun_rate),
+        "session_bulk_load_articles_per_s": round(session_rate),
     }
 
 

@@ -106,18 +106,52 @@ class Warehouse:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
         self._lock = threading.RLock()
+        self._session: duckdb.DuckDBPyConnection | None = None
 
     # -- connections ----------------------------------------------------------------------
     @contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-write connection for one operation, under the process-wide write lock."""
+        """A read-write connection for one operation, under the process-wide write lock.
+
+        Inside :meth:`session` the session's connection is reused (no reopening, and no
+        checkpoint per operation); otherwise the file is opened for this operation only.
+        """
         with self._lock:
+            if self._session is not None:
+                yield self._session
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = open_connection(self.path, read_only=False, lock_timeout=self.lock_timeout)
             try:
                 yield con
             finally:
                 con.close()
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Keep one writer connection open for a burst of operations (a bulk load).
+
+        Commits then only append to the write-ahead log; the checkpoint that folds it into
+        the file runs once, when the session ends. Readers wait for the session to end, so
+        use it for bulk work, not for a long run.
+        """
+        with self._lock:
+            if self._session is not None:
+                yield
+                return
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            con = open_connection(self.path, read_only=False, lock_timeout=self.lock_timeout)
+            con.execute("SET checkpoint_threshold = '1GB'")
+            self._session = con
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._session = None
+                try:
+                    con.execute("CHECKPOINT")
+                finally:
+                    con.close()
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -484,11 +518,16 @@ def _insert_new(
 ) -> int:
     """Anti-join insert (fast, idempotent); the first staged row of each key wins."""
     before = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+    dupes = con.execute(f"SELECT count(*) - count(DISTINCT ({partition})) FROM {staged}").fetchone()
+    source = (
+        f"(SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY {partition}) "
+        f"AS _rn FROM {staged}) WHERE _rn = 1)"
+        if dupes and dupes[0]
+        else staged
+    )
     con.execute(
-        f"INSERT INTO {table} BY NAME "
-        f"SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER "
-        f"(PARTITION BY {partition}) AS _rn FROM {staged}) s "
-        f"WHERE _rn = 1 AND NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
+        f"INSERT INTO {table} BY NAME SELECT * FROM {source} s "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
     )
     after = con.execute(f"SELECT count(*) FROM {table}").fetchone()
     return int(after[0]) - int(before[0]) if before and after else 0
