@@ -35,8 +35,12 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest
 
-bench: $(STAMP)  ## end-to-end throughput over ../shared/corpus, served on 127.0.0.1
-	$(BIN)/python bench/ingest_e2e.py
+bench: $(STAMP)  ## the benchmarks (JSON on stdout; ../shared beside the project; loopback only)
+	$(BIN)/python bench/throughput.py --pages 2000
+	$(BIN)/python bench/warehouse_bench.py load
+	$(BIN)/python bench/warehouse_bench.py query --articles 1000000
+	$(BIN)/python bench/dedup_eval.py
+	$(BIN)/python bench/bad_input_report.py
 
 fmt: $(STAMP)
 	$(BIN)/ruff format .
