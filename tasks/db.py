@@ -677,16 +677,40 @@ def _dup(
 
 
 def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, list[Any]]:
-    """BM25 full-text query over the index ``refresh_search_index`` builds."""
+    """BM25 full-text query over the index ``refresh_search_index`` builds.
+
+    The same scores as the fts extension's ``match_bm25`` (k = 1.2, b = 0.75), computed as one
+    set-based query over the postings of the query's terms: ``match_bm25`` is evaluated row by
+    row and took 2 s on a million articles; this touches only the documents that match.
+    """
     where = "AND a.source = ?" if source else ""
     sql = f"""
+        WITH tokens AS (
+            SELECT DISTINCT stem(unnest(fts_main_articles.tokenize(?)), 'porter') AS term
+        ),
+        qterms AS (SELECT d.termid, d.df FROM fts_main_articles.dict d JOIN tokens USING (term)),
+        tf AS (
+            SELECT t.docid, t.termid, count(*) AS tf
+            FROM fts_main_articles.terms t JOIN qterms USING (termid)
+            GROUP BY t.docid, t.termid
+        ),
+        stats AS (SELECT num_docs, avgdl FROM fts_main_articles.stats),
+        scores AS (
+            SELECT tf.docid,
+                   sum(log(((stats.num_docs - q.df) + 0.5) / (q.df + 0.5) + 1)
+                       * (tf.tf * 2.2) / (tf.tf + 1.2 * (0.25 + 0.75 * d.len / stats.avgdl)))
+                       AS score
+            FROM tf JOIN qterms q USING (termid) JOIN fts_main_articles.docs d USING (docid),
+                 stats
+            GROUP BY tf.docid
+        )
         SELECT a.article_id, round(s.score, 3) AS score, a.source, a.published_at, a.title, a.url
-        FROM (SELECT article_id, fts_main_articles.match_bm25(article_id, ?) AS score
-              FROM articles) s
-        JOIN articles a USING (article_id)
-        WHERE s.score IS NOT NULL {where}
-          AND NOT EXISTS (SELECT 1 FROM duplicates d
-                          WHERE d.article_id = a.article_id AND d.duplicate_of <> a.article_id)
+        FROM scores s
+        JOIN fts_main_articles.docs d USING (docid)
+        JOIN articles a ON a.article_id = d.name
+        WHERE true {where}
+          AND NOT EXISTS (SELECT 1 FROM duplicates x
+                          WHERE x.article_id = a.article_id AND x.duplicate_of <> a.article_id)
         ORDER BY s.score DESC, a.article_id
         LIMIT ?
     """

@@ -397,9 +397,17 @@ def test_search_index_is_refreshed_after_a_load(http_server, make_config, db, tm
     ingest(config_path=str(cfg))
 
     sql, params = search_sql("allotment waiting list", 3)
-    _, rows = Warehouse(tmp_path / "news.duckdb").query(sql, params)
+    wh = Warehouse(tmp_path / "news.duckdb")
+    _, rows = wh.query(sql, params)
 
     assert rows[0][4] == "Allotment waiting list in Brayfield passes 400 names"
+    # The set-based query scores exactly as the extension's own BM25 macro.
+    _, ref = wh.query(
+        "SELECT article_id, round(fts_main_articles.match_bm25(article_id, ?), 3) AS s "
+        "FROM articles WHERE s IS NOT NULL ORDER BY s DESC, article_id LIMIT 3",
+        ["allotment waiting list"],
+    )
+    assert [(r[0], r[1]) for r in rows] == ref
 
 
 def test_reprocess_re_extracts_stored_pages_without_refetching(

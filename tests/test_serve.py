@@ -4,7 +4,6 @@ through an event and a deployment trigger, and the load event triggers story clu
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -18,7 +17,7 @@ import pytest
 
 from tasks.db import Warehouse
 from tests.conftest import ROOT
-from tests.support.prefect_server import prefect_server, server_env
+from tests.support.prefect_server import prefect_server, server_env, stop_group
 
 pytestmark = pytest.mark.slow
 
@@ -130,11 +129,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
             time.sleep(2)  # the watcher and the trigger listeners are up once serving
             yield s
         finally:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc, signal.SIGINT, 30)
             log.close()
 
 

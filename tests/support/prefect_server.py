@@ -38,6 +38,16 @@ def server_env(home: Path, api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+def stop_group(proc: subprocess.Popen[bytes], sig: int, grace: float) -> None:
+    """Signal a process group started with ``start_new_session``; kill it after ``grace``."""
+    os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 @contextmanager
 def prefect_server(home: Path, timeout: float = 90.0) -> Iterator[str]:
     """Start ``prefect server start`` on 127.0.0.1; yield its API URL; stop it afterwards."""
@@ -72,10 +82,5 @@ def prefect_server(home: Path, timeout: float = 90.0) -> Iterator[str]:
             time.sleep(0.5)
         yield api
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_group(proc, signal.SIGTERM, 20)
         log.close()
