@@ -345,7 +345,10 @@ class Warehouse:
         params = stories.StoryParams()
         ids = sorted({self.article[x] for p in pairs for x in p})
         with duckdb.connect(str(self.path), read_only=True) as con:
-            df = dict(con.execute("SELECT term, df FROM story_df").fetchall())
+            # story_df may hold several rows per term (appended counts, summed on lookup).
+            df = dict(
+                con.execute("SELECT term, sum(df)::BIGINT FROM story_df GROUP BY term").fetchall()
+            )
             n_row = con.execute("SELECT count(*) FROM story_featured").fetchone()
             docs = {
                 aid: stories.StoryDoc(id=aid, title=title, text=text or "")
