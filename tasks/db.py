@@ -680,8 +680,10 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
     """BM25 full-text query over the index ``refresh_search_index`` builds.
 
     The same scores as the fts extension's ``match_bm25`` (k = 1.2, b = 0.75), computed as one
-    set-based query over the postings of the query's terms: ``match_bm25`` is evaluated row by
-    row and took 2 s on a million articles; this touches only the documents that match.
+    set-based query over the postings of the query's terms (``match_bm25`` is evaluated row by
+    row: 2 s on a million articles). Documents must contain one of the query's selective terms
+    (in at most half the documents) when it has any: one that contains only near-ubiquitous
+    terms scores near zero and cannot reach the top.
     """
     where = "AND a.source = ?" if source else ""
     sql = f"""
@@ -689,12 +691,23 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
             SELECT DISTINCT stem(unnest(fts_main_articles.tokenize(?)), 'porter') AS term
         ),
         qterms AS (SELECT d.termid, d.df FROM fts_main_articles.dict d JOIN tokens USING (term)),
+        stats AS (SELECT num_docs, avgdl FROM fts_main_articles.stats),
+        -- Terms in at most half the documents pick the candidates; a term in nearly every
+        -- document (IDF near 0) only adds to their scores, so its long posting list is not
+        -- scanned whole. Without a selective term, every posting counts.
+        selective AS (
+            SELECT termid FROM qterms, stats WHERE qterms.df <= stats.num_docs / 2
+        ),
+        candidates AS (
+            SELECT DISTINCT t.docid FROM fts_main_articles.terms t JOIN selective USING (termid)
+        ),
         tf AS (
             SELECT t.docid, t.termid, count(*) AS tf
             FROM fts_main_articles.terms t JOIN qterms USING (termid)
+            WHERE NOT EXISTS (SELECT 1 FROM selective)
+               OR t.docid IN (SELECT docid FROM candidates)
             GROUP BY t.docid, t.termid
         ),
-        stats AS (SELECT num_docs, avgdl FROM fts_main_articles.stats),
         scores AS (
             SELECT tf.docid,
                    sum(log(((stats.num_docs - q.df) + 0.5) / (q.df + 0.5) + 1)
