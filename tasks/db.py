@@ -334,16 +334,6 @@ class Warehouse:
             ).fetchall()
         return {r[0] for r in known}, {r[0] for r in existing}
 
-    def existing_articles(self, article_ids: Sequence[str]) -> set[str]:
-        if not article_ids:
-            return set()
-        with self.writer() as con:
-            rows = con.execute(
-                "SELECT article_id FROM articles WHERE article_id IN (SELECT unnest(?))",
-                [list(article_ids)],
-            ).fetchall()
-        return {r[0] for r in rows}
-
     def load_batch(
         self,
         run_id: str,

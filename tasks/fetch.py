@@ -17,7 +17,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Coroutine, Iterable
 from concurrent.futures import Future
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
@@ -27,28 +27,13 @@ import httpx
 from config.settings import FetchSettings
 from tasks.core.errors import FetchError, TooLargeError
 from tasks.core.models import HttpResult
+from tasks.core.politeness import retry_after_seconds
 from tasks.guard import AddressPolicy, BlockedAddressError, GuardedBackend, ResolveError
 
 T = TypeVar("T")
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    import time
-
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
 def read_file_url(url: str, source: str, max_bytes: int) -> HttpResult:
@@ -240,7 +225,7 @@ class Fetcher:
         if 200 <= status < 300:
             return HttpResult(url=url, status=status, body=body, headers=headers)
         transient = status in _TRANSIENT_STATUS
-        retry_after = parse_retry_after(headers.get("retry-after"))
+        retry_after = retry_after_seconds(headers.get("retry-after"), datetime.now(UTC))
         raise FetchError(
             source,
             f"{url}: HTTP {status}",
