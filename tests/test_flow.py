@@ -322,6 +322,8 @@ def test_files_source_reads_every_kind_and_records_bad_items(tmp_path, make_conf
         '{"title": "No text here"}\n'
         "not json at all\n"
         '{"text": "A line with only text."}\n'
+        '{"title": "Headline only: flash from the wire", "text": ""}\n'
+        '{"title": "", "text": "  "}\n'
     )
     (folder / "binary.txt").write_bytes(b"\x00\x01\x02binary")
     (folder / "broken.xml").write_bytes(b"<rss><channel><item><title>x</ti")
@@ -341,6 +343,7 @@ def test_files_source_reads_every_kind_and_records_bad_items(tmp_path, make_conf
         "From a saved feed",
         "From JSON Feed",
         "Line one",
+        "Headline only: flash from the wire",
         None,
     }
     assert "Secret" not in titles  # the symlink out of the folder is not followed
@@ -348,13 +351,14 @@ def test_files_source_reads_every_kind_and_records_bad_items(tmp_path, make_conf
     assert errors == {
         ("lines.jsonl:2", "bad_record"),
         ("lines.jsonl:3", "bad_json"),
+        ("lines.jsonl:6", "bad_record"),
         ("binary.txt", "binary"),
         ("broken.xml", "no_text"),  # its one recoverable item has a title and nothing else
     }
     assert db("SELECT published_at::VARCHAR, site_name FROM articles WHERE title = 'Line one'") == [
         ("2026-03-01 10:00:00+00", "wire.invalid")
     ]
-    assert s.status == "completed" and s.new_articles == 7
+    assert s.status == "completed" and s.new_articles == 8
 
     before = db("SELECT * EXCLUDE (run_id, fetched_at) FROM articles ORDER BY article_id")
     s2 = ingest(config_path=str(cfg))

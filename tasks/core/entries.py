@@ -121,11 +121,18 @@ def candidate_from_record(source: str, record: object, *, location: str) -> Cand
     """A pre-extracted article (``url, title, text, published, source``; only text required)."""
     if not isinstance(record, dict):
         raise BadRecord(f"expected a JSON object, got {type(record).__name__}")
-    text = record.get("text")
-    if not isinstance(text, str) or not text.strip():
-        raise BadRecord("missing or empty 'text'")
+    if "text" not in record:
+        raise BadRecord("missing 'text'")
+    text = record["text"]
     url = record.get("url") if isinstance(record.get("url"), str) else None
     title = record.get("title") if isinstance(record.get("title"), str) else None
+    if text is None or (isinstance(text, str) and not text.strip()):
+        # A headline-only item (wire flashes, some archives): the headline is its text.
+        if not title or not title.strip():
+            raise BadRecord("empty 'text' and no 'title'")
+        text = title
+    if not isinstance(text, str):
+        raise BadRecord(f"'text' must be a string, not {type(text).__name__}")
     published = record.get("published")
     canonical = canonicalize_url(url)
     body = tidy(text)
