@@ -87,7 +87,7 @@ def test_a_failing_source_backs_off_and_recovers(http_server, make_config, db):
     )
     cfg = make_config(
         [{"name": "f", "kind": "feed", "url": url}],
-        fetch={"retries": 0, "failure_backoff": 3.0, "failure_backoff_max": 60.0},
+        fetch={"retries": 0, "failure_backoff": 8.0, "failure_backoff_max": 60.0},
     )
 
     ingest(config_path=str(cfg))
@@ -102,7 +102,7 @@ def test_a_failing_source_backs_off_and_recovers(http_server, make_config, db):
         "SELECT consecutive_failures, next_fetch_at, next_fetch_reason FROM sources"
     )[0]
     assert failures == 2 and reason == "backoff after 2 failure(s)"
-    assert timedelta(seconds=3) < due - datetime.now(UTC) <= timedelta(seconds=6)
+    assert timedelta(seconds=8) < due - datetime.now(UTC) <= timedelta(seconds=16)
     wait_until_due(db)
     s = ingest(config_path=str(cfg))  # works again: health is restored by itself
 
