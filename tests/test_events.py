@@ -12,13 +12,15 @@ from flows.ingest import ingest
 from tests.test_flow import RSS, rss
 
 
-def events(name: str, timeout: float = 20.0) -> list[dict]:
+def events(name: str, resource: str, run_id: str, timeout: float = 30.0) -> list[dict]:
+    """This run's events of that name about that resource (they arrive asynchronously)."""
     api = PREFECT_API_URL.value()
     deadline = time.monotonic() + timeout
+    body = {"filter": {"event": {"name": [name]}, "resource": {"id": [resource]}}, "limit": 50}
     while True:
-        r = httpx.post(f"{api}/events/filter", json={"filter": {"event": {"name": [name]}}})
+        r = httpx.post(f"{api}/events/filter", json=body)
         r.raise_for_status()
-        found = r.json()["events"]
+        found = [e for e in r.json()["events"] if e["payload"].get("run_id") == run_id]
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.5)
@@ -39,11 +41,11 @@ def test_load_and_failure_events(http_server, make_config):
 
     s = ingest(config_path=str(cfg))
 
-    loaded = [e for e in events("newsflow.articles.loaded") if e["payload"]["run_id"] == s.run_id]
+    loaded = events("newsflow.articles.loaded", "newsflow.source.ev-good", s.run_id)
     assert len(loaded) == 1
     assert loaded[0]["resource"]["prefect.resource.id"] == "newsflow.source.ev-good"
     assert loaded[0]["payload"]["new_articles"] == 1
-    failed = [e for e in events("newsflow.source.failed") if e["payload"]["run_id"] == s.run_id]
+    failed = events("newsflow.source.failed", "newsflow.source.ev-bad", s.run_id)
     assert len(failed) == 1
     assert failed[0]["resource"]["newsflow.consecutive_failures"] == "1"
     assert "HTTP 404" in failed[0]["payload"]["error"]
