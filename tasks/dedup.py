@@ -249,22 +249,7 @@ def _near_duplicates(
     if not edges:
         return 0
     # Connected groups of copies; each links to its canonical copy (earliest, priority, id).
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b, _ in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    groups: dict[str, list[str]] = defaultdict(list)
-    for x in list(parent):
-        groups[find(x)].append(x)
+    groups = neardup.connected_groups((a, b) for a, b, _ in edges)
     best: dict[tuple[str, str], float] = {}
     for a, b, s in edges:
         best[(a, b)] = best[(b, a)] = s
@@ -275,7 +260,7 @@ def _near_duplicates(
         return (t is None, t, -policies.get(source, SourcePolicy()).priority, aid)
 
     links = []
-    for members in groups.values():
+    for members in groups:
         canonical = min(members, key=rank)
         for m in members:
             if m == canonical:

@@ -45,6 +45,7 @@ __all__ = [
     "band_keys",
     "compute_signature",
     "compute_signatures",
+    "connected_groups",
     "estimate_containment",
     "estimate_jaccard",
     "find_near_duplicates",
@@ -325,3 +326,24 @@ def find_near_duplicates(
                 if score >= params.threshold:
                     out.append(NearDupPair(a, b, score, params.threshold))
     return sorted(out, key=lambda p: (p.a, p.b))
+
+
+def connected_groups(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
+    """Connected components of the graph the pairs draw (each sorted; groups by first id)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    groups: dict[str, list[str]] = {}
+    for x in sorted(parent):
+        groups.setdefault(find(x), []).append(x)
+    return sorted(groups.values())

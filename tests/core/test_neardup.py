@@ -163,3 +163,10 @@ def test_find_near_duplicates_order_independent(order: list[str]) -> None:
     assert {(p.a, p.b) for p in pairs} == {("id0", "id1"), ("id0", "id2"), ("id1", "id2")}
     again = find_near_duplicates(dict(reversed(list(sigs.items()))), P)
     assert again == pairs
+
+
+def test_connected_groups_are_components_in_a_stable_order() -> None:
+    from tasks.core.neardup import connected_groups
+
+    assert connected_groups([("b", "a"), ("x", "y"), ("c", "b")]) == [["a", "b", "c"], ["x", "y"]]
+    assert connected_groups([]) == []
