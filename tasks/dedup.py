@@ -251,8 +251,10 @@ def _near_duplicates(
     # Connected groups of copies; each links to its canonical copy (earliest, priority, id).
     groups = neardup.connected_groups((a, b) for a, b, _ in edges)
     best: dict[tuple[str, str], float] = {}
+    top: dict[str, float] = {}  # each article's best score with any copy
     for a, b, s in edges:
         best[(a, b)] = best[(b, a)] = s
+        top[a], top[b] = max(top.get(a, 0.0), s), max(top.get(b, 0.0), s)
 
     def rank(aid: str) -> tuple[Any, ...]:
         _, _, published, fetched, source, _ = meta[aid]
@@ -265,9 +267,8 @@ def _near_duplicates(
         for m in members:
             if m == canonical:
                 continue
-            score = best.get((m, canonical)) or max(
-                (s for (x, y), s in best.items() if x == m), default=NEAR_PARAMS.threshold
-            )
+            # Its score with the canonical copy, else with its closest copy in the group.
+            score = best.get((m, canonical)) or top.get(m, NEAR_PARAMS.threshold)
             links.append(
                 {
                     "source": meta[m][4],
@@ -297,7 +298,8 @@ def _near_duplicates(
                           WHERE d.source = s.source AND d.entry_key = s.entry_key)
         """
     )
-    return sum(1 for r in links if r["article_id"] in {t[0] for t in todo})
+    new_ids = {t[0] for t in todo}
+    return sum(1 for r in links if r["article_id"] in new_ids)
 
 
 # -- stories ---------------------------------------------------------------------------------
