@@ -54,6 +54,26 @@ def start_run(cfg: Path, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def wait_until_loaded(db: Path, at_least: int, proc: subprocess.Popen[bytes]) -> int:
+    """Poll (read-only, between the writer's batches) until ``at_least`` entries are in."""
+    deadline = time.monotonic() + 120
+    n = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            con = duckdb.connect(str(db), read_only=True)
+            try:
+                row = con.execute("SELECT count(*) FROM entries").fetchone()
+            finally:
+                con.close()
+            n = int(row[0]) if row else 0
+            if n >= at_least:
+                return n
+        except (duckdb.IOException, duckdb.CatalogException):
+            pass  # the writer holds the file, or the schema is not there yet
+        time.sleep(0.02)
+    return n
+
+
 def consistent(db: Path) -> tuple[int, int]:
     """The warehouse opens and holds only whole batches: entries and articles agree."""
     con = duckdb.connect(str(db), read_only=True)
@@ -91,13 +111,14 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path):
     seen = []
     for _ in range(4):
         proc = start_run(cfg, tmp_path / "run.log")
-        time.sleep(rng.uniform(2.0, 6.0))
+        # Kill in the middle of the load: once a few more batches than last time are in.
+        target = min(N_FILES - 1, (seen[-1] if seen else 0) + rng.randint(40, 160))
+        loaded_before_kill = wait_until_loaded(tmp_path / "news.duckdb", target, proc)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        if (tmp_path / "news.duckdb").exists():
-            total, distinct = consistent(tmp_path / "news.duckdb")
-            assert total == distinct
-            seen.append(total)
+        total, distinct = consistent(tmp_path / "news.duckdb")
+        assert total == distinct >= loaded_before_kill
+        seen.append(total)
 
     assert any(0 < n < N_FILES for n in seen), f"no kill landed mid-load: {seen}"
     final = start_run(cfg, tmp_path / "run.log")
