@@ -311,28 +311,19 @@ class Warehouse:
         if not keys:
             return set()
         with self.writer() as con:
-            rows = con.execute(
-                "SELECT entry_key FROM entries WHERE source = ? AND entry_key IN "
-                "(SELECT unnest(?))",
-                [source, list(keys)],
-            ).fetchall()
-        return {r[0] for r in rows}
+            return _known_keys(con, source, keys)
 
     def plan_batch(
         self, source: str, keys: Sequence[str], article_ids: Sequence[str]
     ) -> tuple[set[str], set[str]]:
         """Which entry keys the source listed before, and which articles exist (one connection)."""
         with self.writer() as con:
-            known = con.execute(
-                "SELECT entry_key FROM entries WHERE source = ? AND entry_key IN "
-                "(SELECT unnest(?))",
-                [source, list(keys)],
-            ).fetchall()
+            known = _known_keys(con, source, keys)
             existing = con.execute(
                 "SELECT article_id FROM articles WHERE article_id IN (SELECT unnest(?))",
                 [list(article_ids)],
             ).fetchall()
-        return {r[0] for r in known}, {r[0] for r in existing}
+        return known, {r[0] for r in existing}
 
     def load_batch(
         self,
@@ -396,14 +387,7 @@ class Warehouse:
                         con, "pages", "staged_pages", "s.article_id = t.article_id",
                         partition="article_id",
                     )  # fmt: skip
-                if errors:
-                    con.executemany(
-                        "INSERT INTO item_errors VALUES (?,?,?,?,?,?,?)",
-                        [
-                            [run_id, e.source, e.item, e.stage, e.reason, e.detail, now]
-                            for e in errors
-                        ],
-                    )
+                _insert_item_errors(con, run_id, errors, now)
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
@@ -420,12 +404,8 @@ class Warehouse:
     def record_item_errors(self, run_id: str, errors: Sequence[ItemError]) -> None:
         if not errors:
             return
-        now = _now()
         with self.writer() as con:
-            con.executemany(
-                "INSERT INTO item_errors VALUES (?,?,?,?,?,?,?)",
-                [[run_id, e.source, e.item, e.stage, e.reason, e.detail, now] for e in errors],
-            )
+            _insert_item_errors(con, run_id, errors, _now())
 
     def search_index_stale(self) -> bool:
         """True when the full-text index is missing or does not cover every article."""
@@ -501,6 +481,24 @@ class Warehouse:
             cur = con.execute(sql, params or [])
             cols = [d[0] for d in cur.description] if cur.description else []
             return cols, cur.fetchall()
+
+
+def _known_keys(con: duckdb.DuckDBPyConnection, source: str, keys: Sequence[str]) -> set[str]:
+    rows = con.execute(
+        "SELECT entry_key FROM entries WHERE source = ? AND entry_key IN (SELECT unnest(?))",
+        [source, list(keys)],
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def _insert_item_errors(
+    con: duckdb.DuckDBPyConnection, run_id: str, errors: Sequence[ItemError], now: datetime
+) -> None:
+    if errors:
+        con.executemany(
+            "INSERT INTO item_errors VALUES (?,?,?,?,?,?,?)",
+            [[run_id, e.source, e.item, e.stage, e.reason, e.detail, now] for e in errors],
+        )
 
 
 def _insert_new(
