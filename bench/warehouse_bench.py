@@ -106,43 +106,47 @@ def bench_load(existing: int, batch: int, rounds: int) -> dict[str, object]:
     }
 
 
+# A vocabulary of 17,576 three-letter words drawn with a Zipf-like skew (``h``: a hash).
+ZIPF_MACRO = """
+    CREATE OR REPLACE TEMP MACRO zipf_word(h) AS (
+        WITH r AS (SELECT floor(exp((h % 1000000) / 1000000.0 * ln(17576)))::BIGINT AS n)
+        SELECT chr((97 + n % 26)::INT) || chr((97 + (n // 26) % 26)::INT)
+               || chr((97 + (n // 676) % 26)::INT)
+        FROM r
+    )
+"""
+
+
+def _synthetic_articles_sql(lo: int, hi: int) -> str:
+    """Insert articles ``lo..hi-1``: 120 words of a Zipf-like vocabulary, a quarter news words."""
+    words = "['" + "','".join(WORDS) + "']"
+    return f"""
+        INSERT INTO articles (article_id, source, entry_key, url, canonical_url, title,
+            text, published_at, content_hash, fetched_at, text_origin, language)
+        SELECT printf('%016x', i), 'src' || (i % 50), 'guid:' || i,
+               'https://s' || (i % 50) || '.invalid/' || i,
+               'https://s' || (i % 50) || '.invalid/' || i,
+               'Headline ' || i || ' ' || {words}[1 + (i * 7) % 27],
+               (SELECT string_agg(CASE WHEN k % 4 = 0
+                        THEN {words}[1 + ((i * 31 + k * 17) % 27)]
+                        ELSE zipf_word(hash(i * 131 + k)) END, ' ')
+                FROM range(120) t(k)) || ' story' || (i // 3),
+               now() - to_seconds((i * 2654435761) % (86400 * 90)),
+               md5(i::VARCHAR), now(), 'feed_content', 'en'
+        FROM range({lo}, {hi}) r(i)
+    """
+
+
 def bench_query(n: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         wh = Warehouse(Path(tmp) / "news.duckdb")
         wh.migrate()
         t0 = time.perf_counter()
-        words = "['" + "','".join(WORDS) + "']"
         with wh.writer() as con:
             # A vocabulary of 17,576 three-letter words drawn with a Zipf-like skew, as in
             # real text (a few words everywhere, most of them rare), plus common news words.
-            con.execute(
-                """
-                CREATE TEMP MACRO zipf_word(h) AS (
-                    WITH r AS (SELECT floor(exp((h % 1000000) / 1000000.0 * ln(17576)))::BIGINT
-                                      AS n)
-                    SELECT chr((97 + n % 26)::INT) || chr((97 + (n // 26) % 26)::INT)
-                           || chr((97 + (n // 676) % 26)::INT)
-                    FROM r
-                )
-                """
-            )
-            con.execute(
-                f"""
-                INSERT INTO articles (article_id, source, entry_key, url, canonical_url, title,
-                    text, published_at, content_hash, fetched_at, text_origin, language)
-                SELECT printf('%016x', i), 'src' || (i % 50), 'guid:' || i,
-                       'https://s' || (i % 50) || '.invalid/' || i,
-                       'https://s' || (i % 50) || '.invalid/' || i,
-                       'Headline ' || i || ' ' || {words}[1 + (i * 7) % 27],
-                       (SELECT string_agg(CASE WHEN k % 4 = 0
-                                THEN {words}[1 + ((i * 31 + k * 17) % 27)]
-                                ELSE zipf_word(hash(i * 131 + k)) END, ' ')
-                        FROM range(120) t(k)) || ' story' || (i // 3),
-                       now() - to_seconds((i * 2654435761) % (86400 * 90)),
-                       md5(i::VARCHAR), now(), 'feed_content', 'en'
-                FROM range({n}) r(i)
-                """
-            )
+            con.execute(ZIPF_MACRO)
+            con.execute(_synthetic_articles_sql(0, n))
             con.execute(
                 """
                 INSERT INTO story_articles
@@ -164,6 +168,16 @@ def bench_query(n: int) -> dict[str, object]:
         t0 = time.perf_counter()
         wh.refresh_search_index()
         fts_s = time.perf_counter() - t0
+        # A warm re-run (nothing new), then a small run over the big warehouse: 1,000 articles.
+        t0 = time.perf_counter()
+        wh.refresh_search_index()
+        fts_noop_s = time.perf_counter() - t0
+        with wh.writer() as con:
+            con.execute(ZIPF_MACRO)
+            con.execute(_synthetic_articles_sql(n, n + 1000))
+        t0 = time.perf_counter()
+        wh.refresh_search_index()
+        fts_small_s = time.perf_counter() - t0
         from flows.cli import STORIES_SQL
 
         cutoff = datetime.now(UTC) - timedelta(hours=24)
@@ -190,6 +204,8 @@ def bench_query(n: int) -> dict[str, object]:
         "articles": n,
         "build_seconds": round(build_s, 1),
         "fts_index_seconds": round(fts_s, 1),
+        "fts_refresh_nothing_new_seconds": round(fts_noop_s, 2),
+        "fts_refresh_1000_new_seconds": round(fts_small_s, 2),
         "queries": timings,
     }
 

@@ -64,9 +64,13 @@ def _is_lock_error(exc: Exception) -> bool:
 
 
 def open_connection(
-    path: Path, *, read_only: bool, lock_timeout: float = 30.0
+    path: Path, *, read_only: bool, lock_timeout: float = 30.0, fts: bool = True
 ) -> duckdb.DuckDBPyConnection:
-    """Open the DuckDB file, waiting while another process holds it."""
+    """Open the DuckDB file, waiting while another process holds it.
+
+    ``fts`` loads the fts extension (for ``stem``, which search needs); loading it costs about
+    0.1 s, so the writer's short operations go without.
+    """
     deadline = time.monotonic() + lock_timeout
     delay = 0.02
     while True:
@@ -83,7 +87,8 @@ def open_connection(
                 raise
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-    con.execute(f"LOAD '{fts_extension_path()}'")
+    if fts:
+        _load_fts(con)
     return con
 
 
@@ -121,7 +126,9 @@ class Warehouse:
                 yield self._session
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = open_connection(self.path, read_only=False, lock_timeout=self.lock_timeout)
+            con = open_connection(
+                self.path, read_only=False, lock_timeout=self.lock_timeout, fts=False
+            )
             try:
                 yield con
             finally:
@@ -140,7 +147,9 @@ class Warehouse:
                 yield
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = open_connection(self.path, read_only=False, lock_timeout=self.lock_timeout)
+            con = open_connection(
+                self.path, read_only=False, lock_timeout=self.lock_timeout, fts=False
+            )
             con.execute("SET checkpoint_threshold = '1GB'")
             self._session = con
         try:
@@ -175,9 +184,14 @@ class Warehouse:
                 "(name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL)"
             )
             done = {r[0] for r in con.execute("SELECT name FROM _migrations").fetchall()}
-            for f in sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-                if f.name in done:
-                    continue
+            todo = [
+                f
+                for f in sorted(directory.glob("[0-9][0-9][0-9][0-9]_*.sql"))
+                if f.name not in done
+            ]
+            if todo:
+                _load_fts(con)  # the search macros call its ``stem``
+            for f in todo:
                 con.execute("BEGIN")
                 try:
                     con.execute(f.read_text(encoding="utf-8"))
@@ -319,10 +333,10 @@ class Warehouse:
         """Which entry keys the source listed before, and which articles exist (one connection)."""
         with self.writer() as con:
             known = _known_keys(con, source, keys)
-            existing = con.execute(
-                "SELECT article_id FROM articles WHERE article_id IN (SELECT unnest(?))",
-                [list(article_ids)],
-            ).fetchall()
+            with _staged(con, "staged_ids", {"article_id": article_ids}):
+                existing = con.execute(
+                    "SELECT article_id FROM articles JOIN staged_ids USING (article_id)"
+                ).fetchall()
         return known, {r[0] for r in existing}
 
     def load_batch(
@@ -408,37 +422,59 @@ class Warehouse:
             _insert_item_errors(con, run_id, errors, _now())
 
     def search_index_stale(self) -> bool:
-        """True when the full-text index is missing or does not cover every article."""
+        """True when some article is not in the full-text index yet."""
         with self.writer() as con:
-            n = con.execute("SELECT count(*) FROM articles").fetchone()
-            try:
-                indexed = con.execute("SELECT count(*) FROM fts_main_articles.docs").fetchone()
-            except duckdb.CatalogException:
-                return bool(n and n[0])
-        return n != indexed
+            return _count(con, "articles") != _count(con, "search_docs")
 
-    def refresh_search_index(self) -> None:
-        """Rebuild the BM25 full-text index over article titles and text."""
+    def refresh_search_index(self, *, rebuild: bool = False, compact: bool = False) -> int:
+        """Index the articles the full-text index lacks (all of them with ``rebuild``).
+
+        Incremental: only new articles are tokenized, in chunks of one transaction each (a
+        chunk's documents and postings commit together), so an interrupted refresh leaves a
+        consistent index and the next one carries on. Postings rows are merged when due (or
+        now, with ``compact``). Returns how many articles were indexed.
+        """
         with self.writer() as con:
-            n = con.execute("SELECT count(*) FROM articles").fetchone()
-            if n and n[0]:
-                con.execute(
-                    "PRAGMA create_fts_index('articles', 'article_id', 'title', 'text', "
-                    "stemmer = 'porter', stopwords = 'english', strip_accents = 1, "
-                    "lower = 1, overwrite = 1)"
-                )
+            _load_fts(con)
+            if rebuild:
+                con.execute("BEGIN")
+                con.execute("DELETE FROM search_docs")
+                con.execute("DELETE FROM search_postings")
+                con.execute("COMMIT")
+            if _count(con, "articles") == _count(con, "search_docs"):
+                if compact:
+                    _compact_postings(con, force=True)
+                return 0
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE search_new AS "
+                "SELECT (SELECT coalesce(max(docid) + 1, 0) FROM search_docs) "
+                "       + row_number() OVER () - 1 AS docid, a.article_id "
+                "FROM articles a WHERE NOT EXISTS "
+                "(SELECT 1 FROM search_docs d WHERE d.article_id = a.article_id)"
+            )
+            bounds = con.execute("SELECT min(docid), max(docid) FROM search_new").fetchone()
+            first, last = (
+                (int(bounds[0]), int(bounds[1])) if bounds and bounds[0] is not None else (0, -1)
+            )
+            try:
+                for lo in range(first, last + 1, _INDEX_CHUNK):
+                    _index_chunk(con, lo, min(last, lo + _INDEX_CHUNK - 1))
+                _compact_postings(con, force=compact)
+            finally:
+                con.execute("DROP TABLE IF EXISTS search_new")
+                con.execute("DROP TABLE IF EXISTS search_chunk")
+            return last - first + 1
 
     def stored_pages(
         self, sources: Sequence[str] | None
     ) -> list[tuple[str, str | None, bytes | str]]:
         """``(article_id, url, page)`` of stored pages (raw bytes, or HTML stored decoded by
         older versions), for re-extraction."""
-        where = "WHERE a.source IN (SELECT unnest(?))" if sources else ""
-        with self.writer() as con:
+        only = "JOIN staged_sources USING (source)" if sources else ""
+        with self.writer() as con, _staged(con, "staged_sources", {"source": sources or []}):
             rows = con.execute(
                 f"SELECT p.article_id, coalesce(a.url, p.url), p.html, p.html_zlib FROM pages p "
-                f"JOIN articles a USING (article_id) {where} ORDER BY p.article_id",
-                [list(sources)] if sources else [],
+                f"JOIN articles a USING (article_id) {only} ORDER BY p.article_id"
             ).fetchall()
         return [(aid, url, html if z is None else zlib.decompress(z)) for aid, url, html, z in rows]
 
@@ -463,6 +499,11 @@ class Warehouse:
                 "SELECT count(*) FROM staged_texts s JOIN articles a USING (article_id) "
                 "WHERE a.text IS DISTINCT FROM s.text"
             ).fetchone()
+            if changed and changed[0]:
+                # Postings cannot drop one document's terms cheaply: the next refresh rebuilds
+                # the index (re-extraction is rare and costs far more than indexing).
+                con.execute("DELETE FROM search_docs")
+                con.execute("DELETE FROM search_postings")
             con.execute(
                 "UPDATE articles SET text = s.text, content_hash = s.content_hash, "
                 "extractor_version = s.extractor_version, text_origin = 'page', "
@@ -483,11 +524,30 @@ class Warehouse:
             return cols, cur.fetchall()
 
 
+@contextmanager
+def _staged(
+    con: duckdb.DuckDBPyConnection, name: str, columns: dict[str, Sequence[str]]
+) -> Iterator[None]:
+    """String columns registered as an Arrow table ``name`` for the block's queries.
+
+    (A Python list bound as a parameter costs DuckDB 1.5 an ``import pandas`` attempt per
+    element: 9.5 s per 100k.)
+    """
+    con.register(name, pa.table({k: pa.array(list(v), pa.string()) for k, v in columns.items()}))
+    try:
+        yield
+    finally:
+        con.unregister(name)
+
+
 def _known_keys(con: duckdb.DuckDBPyConnection, source: str, keys: Sequence[str]) -> set[str]:
-    rows = con.execute(
-        "SELECT entry_key FROM entries WHERE source = ? AND entry_key IN (SELECT unnest(?))",
-        [source, list(keys)],
-    ).fetchall()
+    if not keys:
+        return set()
+    with _staged(con, "staged_keys", {"entry_key": keys}):
+        rows = con.execute(
+            "SELECT entry_key FROM entries JOIN staged_keys USING (entry_key) WHERE source = ?",
+            [source],
+        ).fetchall()
     return {r[0] for r in rows}
 
 
@@ -521,31 +581,27 @@ def _insert_new(
     return int(after[0]) - int(before[0]) if before and after else 0
 
 
+_ARTICLE_COLUMNS = (
+    "article_id", "source", "entry_key", "url", "canonical_url", "title", "text", "author",
+    "published_at", "site_name", "language", "tags", "content_hash", "fetched_at",
+    "text_origin", "fallback_reason", "extractor_version",
+)  # fmt: skip
+_UTC_US = pa.timestamp("us", tz="UTC")
+
+
 def _articles_table(articles: Sequence[Article], run_id: str) -> pa.Table:
-    cols: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "article_id", "source", "entry_key", "url", "canonical_url", "title", "text",
-            "author", "published_at", "site_name", "language", "tags", "content_hash",
-            "fetched_at", "text_origin", "fallback_reason", "extractor_version",
-        )
-    }  # fmt: skip
-    for a in articles:
-        for name in cols:
-            v = getattr(a, name)
-            cols[name].append(list(v) if name == "tags" else v)
-    cols["run_id"] = [run_id] * len(articles)
-    schema = pa.schema(
-        [
-            (n, pa.list_(pa.string()))
-            if n == "tags"
-            else (n, pa.timestamp("us", tz="UTC"))
-            if n in ("published_at", "fetched_at")
-            else (n, pa.string())
-            for n in cols
-        ]
-    )
-    return pa.table(cols, schema=schema)
+    """The batch as an Arrow table, built column by column with declared types."""
+    cols: dict[str, pa.Array] = {}
+    for name in _ARTICLE_COLUMNS:
+        values = [getattr(a, name) for a in articles]
+        if name == "tags":
+            cols[name] = pa.array([list(v) for v in values], pa.list_(pa.string()))
+        elif name in ("published_at", "fetched_at"):
+            cols[name] = pa.array(values, _UTC_US)
+        else:
+            cols[name] = pa.array(values, pa.string())
+    cols["run_id"] = pa.array([run_id] * len(articles), pa.string())
+    return pa.table(cols)
 
 
 def _entries_table(linked: Sequence[tuple[Candidate, str]], now: datetime, run_id: str) -> pa.Table:
@@ -617,10 +673,32 @@ def _find_duplicates(
         if canon:
             by_url.setdefault(canon, aid)
         by_hash.setdefault(chash, aid)
+    # Only an article sharing its canonical URL or hash with another one (staged or loaded)
+    # can be, or make, a duplicate; the others are originals whatever the order.
+    ids = art_tbl.column("article_id").to_pylist()
+    urls = art_tbl.column("canonical_url").to_pylist()
+    hashes = art_tbl.column("content_hash").to_pylist()
+    url_ids: dict[str, set[str]] = {}
+    hash_ids: dict[str, set[str]] = {}
+    for aid, canon, chash in zip(ids, urls, hashes, strict=True):
+        if canon:
+            url_ids.setdefault(canon, set()).add(aid)
+        hash_ids.setdefault(chash, set()).add(aid)
+    shared_urls = {u for u, owners in url_ids.items() if len(owners) > 1 or u in by_url}
+    shared_hashes = {h for h, owners in hash_ids.items() if len(owners) > 1 or h in by_hash}
+    involved = [
+        i
+        for i, (canon, chash) in enumerate(zip(urls, hashes, strict=True))
+        if canon in shared_urls or chash in shared_hashes
+    ]
+    if not involved:
+        return rows
     staged = sorted(
-        art_tbl.select(
+        art_tbl.take(involved)
+        .select(
             ["article_id", "source", "entry_key", "canonical_url", "content_hash", "published_at"]
-        ).to_pylist(),
+        )
+        .to_pylist(),
         key=lambda r: (
             r["published_at"] is None,
             r["published_at"] or now,
@@ -665,55 +743,113 @@ def _dup(
 
 
 def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, list[Any]]:
-    """BM25 full-text query over the index ``refresh_search_index`` builds.
+    """Articles ranked by BM25 relevance to ``words`` (the ``search_articles`` table macro of
+    migration 0007, over the index ``refresh_search_index`` maintains), duplicates left out.
 
-    The same scores as the fts extension's ``match_bm25`` (k = 1.2, b = 0.75), computed as one
-    set-based query over the postings of the query's terms (``match_bm25`` is evaluated row by
-    row: 2 s on a million articles). Documents must contain one of the query's selective terms
-    (in at most half the documents) when it has any: one that contains only near-ubiquitous
-    terms scores near zero and cannot reach the top.
+    Needs a connection with the fts extension loaded (for ``stem``), as readers have.
     """
-    where = "AND a.source = ?" if source else ""
+    where = "WHERE a.source = ?" if source else ""
     sql = f"""
-        WITH tokens AS (
-            SELECT DISTINCT stem(unnest(fts_main_articles.tokenize(?)), 'porter') AS term
-        ),
-        qterms AS (SELECT d.termid, d.df FROM fts_main_articles.dict d JOIN tokens USING (term)),
-        stats AS (SELECT num_docs, avgdl FROM fts_main_articles.stats),
-        -- Terms in at most half the documents pick the candidates; a term in nearly every
-        -- document (IDF near 0) only adds to their scores, so its long posting list is not
-        -- scanned whole. Without a selective term, every posting counts.
-        selective AS (
-            SELECT termid FROM qterms, stats WHERE qterms.df <= stats.num_docs / 2
-        ),
-        candidates AS (
-            SELECT DISTINCT t.docid FROM fts_main_articles.terms t JOIN selective USING (termid)
-        ),
-        tf AS (
-            SELECT t.docid, t.termid, count(*) AS tf
-            FROM fts_main_articles.terms t JOIN qterms USING (termid)
-            WHERE NOT EXISTS (SELECT 1 FROM selective)
-               OR t.docid IN (SELECT docid FROM candidates)
-            GROUP BY t.docid, t.termid
-        ),
-        scores AS (
-            SELECT tf.docid,
-                   sum(log(((stats.num_docs - q.df) + 0.5) / (q.df + 0.5) + 1)
-                       * (tf.tf * 2.2) / (tf.tf + 1.2 * (0.25 + 0.75 * d.len / stats.avgdl)))
-                       AS score
-            FROM tf JOIN qterms q USING (termid) JOIN fts_main_articles.docs d USING (docid),
-                 stats
-            GROUP BY tf.docid
-        )
         SELECT a.article_id, round(s.score, 3) AS score, a.source, a.published_at, a.title, a.url
-        FROM scores s
-        JOIN fts_main_articles.docs d USING (docid)
-        JOIN articles a ON a.article_id = d.name
-        WHERE true {where}
-          AND NOT EXISTS (SELECT 1 FROM duplicates x
-                          WHERE x.article_id = a.article_id AND x.duplicate_of <> a.article_id)
+        FROM search_articles(?) s JOIN articles a USING (article_id)
+        {where}
+        {"AND" if source else "WHERE"} NOT EXISTS (
+            SELECT 1 FROM duplicates x
+            WHERE x.article_id = s.article_id AND x.duplicate_of <> s.article_id)
         ORDER BY s.score DESC, a.article_id
         LIMIT ?
     """
     params: list[Any] = [words, *([source] if source else []), limit]
     return sql, params
+
+
+# Articles tokenized per transaction by ``refresh_search_index`` (bounds its memory).
+_INDEX_CHUNK = 100_000
+# Postings rows per distinct term above which a refresh merges each term's rows into one.
+_POSTINGS_ROWS_PER_TERM = 8
+_POSTINGS_ROWS_FLOOR = 200_000
+
+
+def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    row = con.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _load_fts(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(f"LOAD '{fts_extension_path()}'")
+
+
+def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
+    """Tokenize the articles numbered ``lo..hi`` in ``search_new`` and add them to the index,
+    in one transaction. Stems and stopwords are looked up once per distinct word."""
+    con.execute("BEGIN")
+    try:
+        con.execute(
+            """
+            CREATE OR REPLACE TEMP TABLE search_chunk AS
+            WITH words AS (
+                SELECT docid, w, count(*) AS tf
+                FROM (SELECT n.docid,
+                             unnest(search_tokenize(coalesce(a.title, '') || ' ' || a.text)) AS w
+                      FROM search_new n JOIN articles a USING (article_id)
+                      WHERE n.docid BETWEEN $lo AND $hi)
+                WHERE w <> ''
+                GROUP BY ALL
+            ),
+            stems AS (
+                SELECT w, stem(w, 'porter') AS term
+                FROM (SELECT DISTINCT w FROM words)
+                WHERE w NOT IN (SELECT word FROM search_stopwords)
+            )
+            SELECT docid, term, sum(tf)::INTEGER AS tf FROM words JOIN stems USING (w) GROUP BY ALL
+            """,
+            {"lo": lo, "hi": hi},
+        )
+        con.execute(
+            """
+            INSERT INTO search_docs
+            SELECT n.docid, n.article_id, coalesce(sum(c.tf), 0)::INTEGER
+            FROM search_new n LEFT JOIN search_chunk c USING (docid)
+            WHERE n.docid BETWEEN $lo AND $hi
+            GROUP BY ALL
+            """,
+            {"lo": lo, "hi": hi},
+        )
+        con.execute(
+            "INSERT INTO search_postings SELECT term, list(docid ORDER BY docid), "
+            "list(tf ORDER BY docid) FROM search_chunk GROUP BY term ORDER BY term"
+        )
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _compact_postings(con: duckdb.DuckDBPyConnection, *, force: bool = False) -> None:
+    """Merge each term's postings rows into one when refreshes have left many per term.
+
+    Rows pile up by one per term per refresh; a query scans the term column of every row.
+    Merging costs a pass over all postings, so it waits until the rows are several times the
+    terms (amortised: rare, and then cheap per refresh).
+    """
+    if not force:
+        rows = _count(con, "search_postings")
+        if rows <= _POSTINGS_ROWS_FLOOR:
+            return
+        terms = con.execute("SELECT count(DISTINCT term) FROM search_postings").fetchone()
+        if not terms or rows <= _POSTINGS_ROWS_PER_TERM * int(terms[0]):
+            return
+    con.execute("BEGIN")
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE search_merged AS "
+            "SELECT term, flatten(list(docids ORDER BY docids[1])) AS docids, "
+            "flatten(list(tfs ORDER BY docids[1])) AS tfs FROM search_postings GROUP BY term"
+        )
+        con.execute("DELETE FROM search_postings")
+        con.execute("INSERT INTO search_postings SELECT * FROM search_merged ORDER BY term")
+        con.execute("DROP TABLE search_merged")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
