@@ -16,6 +16,7 @@ import duckdb
 import pytest
 from prefect.settings import PREFECT_API_URL
 
+from tasks.db import Warehouse, search_sql
 from tests.conftest import ROOT, write_config
 
 pytestmark = pytest.mark.slow
@@ -34,6 +35,11 @@ def make_inbox(folder: Path, n: int = N_FILES) -> None:
     for i in range(n):
         words = " ".join(rng.choices(vocab, k=60))
         (folder / f"note-{i:04d}.txt").write_text(f"Notice {i}\n\n{words}.\n")
+
+
+def last_note_words(folder: Path, i: int) -> list[str]:
+    """The first words of note ``i``'s text (made-up words: selective search terms)."""
+    return (folder / f"note-{i:04d}.txt").read_text().split("\n\n")[1].split()[:6]
 
 
 def env() -> dict[str, str]:
@@ -130,7 +136,15 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path):
     assert con.execute("SELECT count(*) FROM entries").fetchone() == (N_FILES,)
     assert con.execute("SELECT count(*) FROM duplicates").fetchone() == (0,)
     assert con.execute("SELECT count(*) FROM story_articles").fetchone() == (N_FILES,)
+    # The search index caught up too: every article once, the last note found by its number.
+    assert con.execute(
+        "SELECT count(*), count(DISTINCT article_id) FROM search_docs"
+    ).fetchone() == (N_FILES, N_FILES)
     con.close()
+    last = f"Notice {N_FILES - 1}"
+    sql, params = search_sql(" ".join(last_note_words(tmp_path / "inbox", N_FILES - 1)), 1)
+    _, rows = Warehouse(tmp_path / "news.duckdb").query(sql, params)
+    assert rows[0][4] == last
 
 
 def test_two_runs_at_once_wait_for_the_writer_and_load_once(tmp_path):
