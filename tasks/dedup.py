@@ -19,14 +19,19 @@ Manual overrides (``merge_overrides``) are respected by every later run.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from config.settings import Settings
@@ -35,6 +40,17 @@ from tasks.db import Warehouse
 
 MIN_NEAR_SHINGLES = 20
 """Texts with fewer shingles are too short to call near-duplicates (a headline, a teaser)."""
+
+BUCKET_CAP = 8
+"""Rows kept per LSH bucket. A bucket that already holds this many articles (copies of one wire
+story, nearly always) takes no more: a new copy still meets the first ones there, and the band
+join stays bounded however often a text recurs. Below the cap, results do not depend on order."""
+
+POOL_FROM = 1000
+"""Featurise in worker processes when at least this many articles are pending."""
+
+RAW_CACHE = 8000
+"""Term frequencies kept in memory for articles of recent batches (the next batch's neighbours)."""
 
 
 @dataclass
@@ -66,6 +82,21 @@ def story_params(settings: Settings) -> stories.StoryParams:
 NEAR_PARAMS = neardup.NearDupParams()
 
 
+def _stage(con: duckdb.DuckDBPyConnection, name: str, columns: Mapping[str, Any]) -> None:
+    """Register columns as a view for joins (never a Python list as a query parameter: DuckDB
+    1.5 inspects such a list element by element, about 0.1 ms each). An empty column is
+    typed as text, as ids are (an untyped one would not join)."""
+    con.register(
+        name,
+        pa.table(
+            {
+                k: pa.array([], pa.string()) if isinstance(v, list | range) and not v else v
+                for k, v in columns.items()
+            }
+        ),
+    )
+
+
 def _overrides(con: duckdb.DuckDBPyConnection) -> stories.Overrides:
     rows = con.execute("SELECT article_id, other_id, action FROM merge_overrides").fetchall()
     return stories.Overrides(
@@ -74,41 +105,171 @@ def _overrides(con: duckdb.DuckDBPyConnection) -> stories.Overrides:
     )
 
 
-def _pending(con: duckdb.DuckDBPyConnection, limit: int) -> list[tuple[Any, ...]]:
-    return con.execute(
+_ROW_SQL = """
+    SELECT a.article_id, coalesce(a.title, ''), a.text, a.published_at, a.fetched_at,
+           a.source, a.entry_key
+    FROM articles a
+"""
+
+
+def _pending_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Articles not yet clustered, oldest first."""
+    rows = con.execute(
         """
-        SELECT a.article_id, coalesce(a.title, ''), a.text, a.published_at, a.fetched_at,
-               a.source, a.entry_key
-        FROM articles a
+        SELECT a.article_id FROM articles a
         WHERE NOT EXISTS (SELECT 1 FROM story_articles s WHERE s.article_id = a.article_id)
         ORDER BY coalesce(a.published_at, a.fetched_at), a.article_id
-        LIMIT ?
-        """,
-        [limit],
+        """
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def _read_rows(con: duckdb.DuckDBPyConnection, ids: Sequence[str]) -> list[tuple[Any, ...]]:
+    """The rows of ``ids`` still unclustered (another process may have clustered some), in order."""
+    _stage(con, "wanted_rows", {"article_id": ids, "k": range(len(ids))})
+    return con.execute(
+        _ROW_SQL
+        + """
+        JOIN wanted_rows w USING (article_id)
+        WHERE NOT EXISTS (SELECT 1 FROM story_articles s WHERE s.article_id = a.article_id)
+        ORDER BY w.k
+        """
     ).fetchall()
 
 
+# -- features (worker processes) --------------------------------------------------------------
+@dataclass
+class Features:
+    """What dedup computes from the text of a batch: sketches and raw term frequencies."""
+
+    sketches: neardup.Sketches
+    raws: dict[str, dict[str, float]]
+
+
+def article_features(
+    ids: Sequence[str], titles: Sequence[str], texts: Sequence[str], params: stories.StoryParams
+) -> Features:
+    """Near-duplicate sketches (of the body) and story term frequencies (title and body)."""
+    docs = [stories.StoryDoc(i, t, x) for i, t, x in zip(ids, titles, texts, strict=True)]
+    return Features(
+        neardup.sketch_texts(texts, NEAR_PARAMS), stories.raw_term_frequencies(docs, params)
+    )
+
+
+class _FeaturePool:
+    """Features computed in worker processes, a batch ahead of the writer, or inline."""
+
+    def __init__(self, workers: int, params: stories.StoryParams) -> None:
+        self.params = params
+        self.workers = workers
+        self.pool: ProcessPoolExecutor | None = None
+        if workers > 1:
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+
+    def submit(self, rows: Sequence[tuple[Any, ...]]) -> list[Future[Features]] | Features:
+        ids = [r[0] for r in rows]
+        titles = [r[1] or "" for r in rows]
+        texts = [r[2] or "" for r in rows]
+        if self.pool is None:
+            return article_features(ids, titles, texts, self.params)
+        step = -(-len(rows) // self.workers) or 1
+        return [
+            self.pool.submit(
+                article_features, ids[k : k + step], titles[k : k + step], texts[k : k + step],
+                self.params,
+            )
+            for k in range(0, len(rows), step)
+        ]  # fmt: skip
+
+    @staticmethod
+    def result(pending: list[Future[Features]] | Features, num_bins: int) -> Features:
+        if isinstance(pending, Features):
+            return pending
+        parts = [f.result() for f in pending]
+        raws: dict[str, dict[str, float]] = {}
+        for p in parts:
+            raws.update(p.raws)
+        values = [p.sketches.values for p in parts]
+        return Features(
+            neardup.Sketches(
+                np.vstack(values) if values else np.empty((0, num_bins), dtype=np.uint32),
+                np.concatenate([p.sketches.n_shingles for p in parts])
+                if parts
+                else np.empty(0, dtype=np.int64),
+            ),
+            raws,
+        )
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+@contextmanager
+def _feature_pool(n_pending: int, settings: Settings) -> Iterator[_FeaturePool]:
+    workers = (settings.extract.workers or os.cpu_count() or 1) if n_pending >= POOL_FROM else 1
+    pool = _FeaturePool(workers, story_params(settings))
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+class _RawCache:
+    """Raw term frequencies of recently clustered articles, so neighbours are not re-tokenised."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: dict[str, dict[str, float]] = {}
+
+    def add(self, raws: Mapping[str, dict[str, float]]) -> None:
+        self.data.update(raws)
+        for key in list(self.data)[: max(0, len(self.data) - self.size)]:
+            del self.data[key]
+
+
 def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -> DedupResult:
-    """Near-duplicate and story-cluster every article not yet clustered."""
+    """Near-duplicate and story-cluster every article not yet clustered.
+
+    Batches of ``batch_size`` articles, oldest first, each in one transaction: an interrupted
+    run keeps the batches it finished. The next batch's features are computed in worker
+    processes while the writer stores this one.
+    """
     result = DedupResult()
     policies = _policies(settings)
     params = story_params(settings)
-    while True:
-        with wh.writer() as con:
-            rows = _pending(con, batch_size)
-            if not rows:
-                break
-            con.execute("BEGIN")
-            try:
-                _cluster_batch(con, rows, settings, policies, params, result)
-                compact_vocabulary(con)
-                con.execute("COMMIT")
-            except Exception:
-                con.execute("ROLLBACK")
-                raise
-        result.articles += len(rows)
-        if len(rows) < batch_size:
-            break
+    with wh.writer() as con:
+        pending = _pending_ids(con)
+    batches = [pending[k : k + batch_size] for k in range(0, len(pending), batch_size)]
+    cache = _RawCache(RAW_CACHE)
+    with _feature_pool(len(pending), settings) as pool:
+        ahead: tuple[list[tuple[Any, ...]], Any] | None = None
+        for k in range(len(batches)):
+            with wh.writer() as con:
+                t0 = time.perf_counter()
+                if ahead is None:
+                    rows = _read_rows(con, batches[k])
+                    ahead = (rows, pool.submit(rows))
+                rows, pending_feats = ahead
+                ahead = None
+                if k + 1 < len(batches):
+                    nxt = _read_rows(con, batches[k + 1])
+                    ahead = (nxt, pool.submit(nxt))
+                feats = pool.result(pending_feats, NEAR_PARAMS.num_bins)
+                result.seconds["features_wait"] += time.perf_counter() - t0
+                if not rows:
+                    continue
+                con.execute("BEGIN")
+                try:
+                    _cluster_batch(con, rows, feats, cache, settings, policies, params, result)
+                    compact_vocabulary(con)
+                    con.execute("COMMIT")
+                except Exception:
+                    con.execute("ROLLBACK")
+                    raise
+            cache.add(feats.raws)
+            result.articles += len(rows)
     return result
 
 
@@ -137,6 +298,8 @@ def _naive(t: datetime | None) -> datetime | None:
 def _cluster_batch(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[Any, ...]],
+    feats: Features,
+    cache: _RawCache,
     settings: Settings,
     policies: Mapping[str, SourcePolicy],
     params: stories.StoryParams,
@@ -146,11 +309,13 @@ def _cluster_batch(
     overrides = _overrides(con)
     t0 = time.perf_counter()
     if settings.dedup.near_duplicates:
-        result.near_duplicates += _near_duplicates(con, rows, policies, overrides, now)
+        result.near_duplicates += _near_duplicates(
+            con, rows, feats.sketches, policies, overrides, now
+        )
     t1 = time.perf_counter()
     result.seconds["near_duplicates"] += t1 - t0
     if settings.dedup.stories:
-        touched = _stories(con, rows, policies, params, overrides, now)
+        touched = _stories(con, rows, feats.raws, cache, policies, params, overrides, now)
         result.stories_touched += touched
     else:
         _singletons(con, rows, now)
@@ -158,121 +323,236 @@ def _cluster_batch(
 
 
 # -- near-duplicates -------------------------------------------------------------------------
+def _rank(
+    published: datetime | None, fetched: datetime | None, source: str,
+    policies: Mapping[str, SourcePolicy], aid: str,
+) -> tuple[Any, ...]:  # fmt: skip
+    """Canonical copy order: earliest (undated last), then source priority, then id."""
+    t = _naive(published) or _naive(fetched)
+    return (t is None, t or datetime.min, -policies.get(source, SourcePolicy()).priority, aid)
+
+
+def _ids_in(con: duckdb.DuckDBPyConnection, sql: str, ids: Sequence[str]) -> set[str]:
+    """The ids for which ``sql`` (over a staged ``ids_in(article_id)``) returns a row."""
+    _stage(con, "ids_in", {"article_id": ids})
+    return {r[0] for r in con.execute(sql).fetchall()}
+
+
 def _near_duplicates(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[Any, ...]],
+    sk: neardup.Sketches,
     policies: Mapping[str, SourcePolicy],
     overrides: stories.Overrides,
     now: datetime,
 ) -> int:
-    done = {
-        r[0]
-        for r in con.execute(
-            "SELECT article_id FROM near_signatures WHERE article_id IN (SELECT unnest(?))",
-            [[r[0] for r in rows]],
-        ).fetchall()
-    }
-    todo = [r for r in rows if r[0] not in done]
+    """Sketch the batch's articles, find their stored and in-batch copies, link each copy to its
+    group's canonical copy (re-pointing a group only when a new article takes its place)."""
+    ids = [r[0] for r in rows]
+    done = _ids_in(
+        con, "SELECT article_id FROM ids_in JOIN near_signatures USING (article_id)", ids
+    )
+    todo = [i for i, aid in enumerate(ids) if aid not in done]
     if not todo:
         return 0
     # An exact duplicate is represented by its original: it gets no bands of its own.
-    exact = {
-        r[0]
-        for r in con.execute(
-            "SELECT article_id FROM duplicates WHERE level IN ('content_hash', 'canonical_url') "
-            "AND article_id <> duplicate_of AND article_id IN (SELECT unnest(?))",
-            [[r[0] for r in todo]],
-        ).fetchall()
-    }
-    sigs = neardup.compute_signatures([r[2] for r in todo], NEAR_PARAMS)
-    band_rows: dict[str, list[Any]] = {"article_id": [], "band": [], "bucket": []}
-    for r, sig in zip(todo, sigs, strict=True):
-        if (
-            sig.n_shingles < MIN_NEAR_SHINGLES
-            or not policies.get(r[5], SourcePolicy()).near
-            or r[0] in exact
-        ):
-            continue  # too short to judge, the source keeps every copy, or already a copy
-        for band, bucket in enumerate(neardup.band_keys(sig, NEAR_PARAMS)):
-            band_rows["article_id"].append(r[0])
-            band_rows["band"].append(band)
-            band_rows["bucket"].append(bucket)
-    con.register(
+    exact = _ids_in(
+        con,
+        "SELECT DISTINCT d.article_id FROM ids_in JOIN duplicates d USING (article_id) "
+        "WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of",
+        [ids[i] for i in todo],
+    )
+    _stage(
+        con,
         "staged_sigs",
+        {
+            "article_id": [ids[i] for i in todo],
+            "signature": [sk.values[i].astype("<u4").tobytes() for i in todo],
+            "n_shingles": sk.n_shingles[todo],
+        },
+    )
+    con.execute("INSERT INTO near_signatures SELECT * FROM staged_sigs")
+    banded = np.asarray(
+        [
+            i
+            for i in todo
+            if sk.n_shingles[i] >= MIN_NEAR_SHINGLES
+            and policies.get(rows[i][5], SourcePolicy()).near
+            and ids[i] not in exact
+        ],
+        dtype=np.intp,
+    )  # too short to judge, the source keeps every copy, or already an exact copy: no bands
+    if not len(banded):
+        return 0
+    buckets = neardup.band_matrix(sk.values[banded], NEAR_PARAMS)
+    nb = NEAR_PARAMS.num_bands
+    con.register(
+        "staged_bands",
         pa.table(
             {
-                "article_id": [r[0] for r in todo],
-                "signature": [s.to_bytes() for s in sigs],
-                "n_shingles": [s.n_shingles for s in sigs],
+                "article_id": pa.array([ids[i] for i in banded]).take(
+                    pa.array(np.repeat(np.arange(len(banded)), nb))
+                ),
+                "band": pa.array(np.tile(np.arange(nb, dtype=np.int16), len(banded))),
+                "bucket": pa.array(buckets.ravel()),
+                "i": pa.array(np.repeat(banded.astype(np.int32), nb)),
             }
         ),
     )
-    con.execute("INSERT INTO near_signatures SELECT * FROM staged_sigs")
-    con.register(
-        "staged_bands",
-        pa.table(band_rows, schema=pa.schema([("article_id", pa.string()), ("band", pa.int16()),
-                                              ("bucket", pa.int64())])),
-    )  # fmt: skip
-    con.execute("INSERT INTO near_bands SELECT * FROM staged_bands")
-    pairs = con.execute(
+    # Candidates: stored copies (at most BUCKET_CAP per bucket) and copies within the batch.
+    stored = con.execute(
+        "SELECT DISTINCT n.i, o.article_id FROM staged_bands n "
+        "JOIN near_bands o USING (band, bucket)"
+    ).fetchnumpy()
+    inner = con.execute(
         """
-        SELECT DISTINCT n.article_id AS a, o.article_id AS b
-        FROM staged_bands n JOIN near_bands o USING (band, bucket)
-        WHERE o.article_id <> n.article_id
+        WITH r AS (SELECT *, row_number() OVER (PARTITION BY band, bucket ORDER BY article_id) AS k
+                   FROM staged_bands)
+        SELECT DISTINCT a.i AS i, b.i AS j FROM r a JOIN r b USING (band, bucket)
+        WHERE b.k <= ? AND a.k > b.k
+        """,
+        [BUCKET_CAP],
+    ).fetchnumpy()
+    con.execute(
         """
+        INSERT INTO near_bands
+        SELECT article_id, band, bucket FROM (
+            SELECT s.article_id, s.band, s.bucket,
+                   row_number() OVER (PARTITION BY s.band, s.bucket ORDER BY s.article_id)
+                   + coalesce(h.n, 0) AS k
+            FROM staged_bands s LEFT JOIN (
+                SELECT band, bucket, count(*) AS n FROM near_bands
+                JOIN (SELECT DISTINCT band, bucket FROM staged_bands) USING (band, bucket)
+                GROUP BY band, bucket) h USING (band, bucket))
+        WHERE k <= ?
+        """,
+        [BUCKET_CAP],
+    )
+    # Verify: old candidates' sketches are read once, then every pair is scored in one go.
+    old_ids = sorted(set(stored["article_id"].tolist()))
+    _stage(con, "old_ids", {"article_id": old_ids})
+    old_rows = con.execute(
+        "SELECT s.article_id, s.signature, s.n_shingles FROM old_ids "
+        "JOIN near_signatures s USING (article_id)"
     ).fetchall()
-    if not pairs:
-        return 0
-    ids = sorted({x for p in pairs for x in p})
-    meta = {
-        r[0]: r[1:]
-        for r in con.execute(
-            """
-            SELECT s.article_id, s.signature, s.n_shingles, a.published_at, a.fetched_at,
-                   a.source, a.entry_key
-            FROM near_signatures s JOIN articles a USING (article_id)
-            WHERE s.article_id IN (SELECT unnest(?))
-            """,
-            [ids],
-        ).fetchall()
-    }
+    old_pos = {r[0]: k for k, r in enumerate(old_rows)}
+    old_sk = neardup.Sketches.from_blobs(
+        [r[1] for r in old_rows], [r[2] for r in old_rows], NEAR_PARAMS.num_bins
+    )
+    keep = np.asarray([a in old_pos for a in stored["article_id"].tolist()], dtype=bool)
+    si = stored["i"][keep].astype(np.intp)
+    sj = np.asarray([old_pos[a] for a in stored["article_id"][keep].tolist()], dtype=np.intp)
+    s_score = neardup.similarity_rows(sk, si, old_sk, sj, NEAR_PARAMS)
+    ii, ij = inner["i"].astype(np.intp), inner["j"].astype(np.intp)
+    i_score = neardup.similarity_rows(sk, ii, sk, ij, NEAR_PARAMS)
     split = overrides.pairs("cannot_link")
+    thr = NEAR_PARAMS.threshold
     edges: list[tuple[str, str, float]] = []
-    for a, b in {(min(p), max(p)) for p in pairs}:
-        if (a, b) in split or a not in meta or b not in meta:
-            continue
-        sa = neardup.Signature.from_bytes(meta[a][0], meta[a][1])
-        sb = neardup.Signature.from_bytes(meta[b][0], meta[b][1])
-        score = neardup.similarity(sa, sb, NEAR_PARAMS)
-        if score >= NEAR_PARAMS.threshold:
-            edges.append((a, b, score))
+    for a, b, s in (
+        *zip((ids[i] for i in si[s_score >= thr]), (old_rows[j][0] for j in sj[s_score >= thr]),
+             s_score[s_score >= thr].tolist(), strict=True),
+        *zip((ids[i] for i in ii[i_score >= thr]), (ids[j] for j in ij[i_score >= thr]),
+             i_score[i_score >= thr].tolist(), strict=True),
+    ):  # fmt: skip
+        if (min(a, b), max(a, b)) not in split:
+            edges.append((a, b, s))
     if not edges:
         return 0
-    # Connected groups of copies; each links to its canonical copy (earliest, priority, id).
-    groups = neardup.connected_groups((a, b) for a, b, _ in edges)
-    best: dict[tuple[str, str], float] = {}
-    top: dict[str, float] = {}  # each article's best score with any copy
+    return _link_groups(con, rows, todo, sk, edges, old_rows, policies, now)
+
+
+def _link_groups(
+    con: duckdb.DuckDBPyConnection,
+    rows: list[tuple[Any, ...]],
+    todo: list[int],
+    sk: neardup.Sketches,
+    edges: list[tuple[str, str, float]],
+    old_rows: list[tuple[Any, ...]],
+    policies: Mapping[str, SourcePolicy],
+    now: datetime,
+) -> int:
+    """Merge the verified edges into the stored groups and write the links that change.
+
+    A stored article stands for its group by the group's canonical copy (its root). The new
+    articles and the roots they reach form connected groups; each group's canonical copy is the
+    earliest of them. New copies link to it; a root that loses its place is linked to it and its
+    members re-pointed. Nothing else is rewritten, so a batch costs what it adds.
+    """
+    new_pos = {rows[k][0]: k for k in todo}  # new to near-duplicate detection
+    old_ids = sorted({b for _, b, _ in edges if b not in new_pos})
+    _stage(con, "hit_ids", {"article_id": old_ids})
+    root_of = {
+        a: d or a
+        for a, d in con.execute(
+            "SELECT h.article_id, any_value(d.duplicate_of) FROM hit_ids h "
+            "LEFT JOIN duplicates d ON d.article_id = h.article_id AND d.level = 'near_duplicate' "
+            "GROUP BY h.article_id"
+        ).fetchall()
+    }
+    groups = neardup.connected_groups(
+        (a, b if b in new_pos else root_of.get(b, b)) for a, b, _ in edges
+    )
+    roots = sorted({x for g in groups for x in g if x not in new_pos})
+    _stage(con, "root_ids", {"article_id": roots})
+    root_meta = {
+        r[0]: r[1:]
+        for r in con.execute(
+            "SELECT a.article_id, a.published_at, a.fetched_at, a.source, a.entry_key, "
+            "s.signature, s.n_shingles FROM root_ids JOIN articles a USING (article_id) "
+            "LEFT JOIN near_signatures s USING (article_id)"
+        ).fetchall()
+    }
+    old_sigs = {r[0]: (r[1], r[2]) for r in old_rows}
+    top: dict[str, float] = {}  # best verified score of each new article and of each root
     for a, b, s in edges:
-        best[(a, b)] = best[(b, a)] = s
-        top[a], top[b] = max(top.get(a, 0.0), s), max(top.get(b, 0.0), s)
+        for x in (a, b if b in new_pos else root_of.get(b, b)):
+            top[x] = max(top.get(x, 0.0), s)
 
     def rank(aid: str) -> tuple[Any, ...]:
-        _, _, published, fetched, source, _ = meta[aid]
-        t = published or fetched
-        return (t is None, t, -policies.get(source, SourcePolicy()).priority, aid)
+        if aid in new_pos:
+            r = rows[new_pos[aid]]
+            return _rank(r[3], r[4], r[5], policies, aid)
+        published, fetched, source = root_meta[aid][:3]
+        return _rank(published, fetched, source, policies, aid)
 
-    links = []
+    def sketch(aid: str) -> tuple[neardup.Sketches, int] | None:
+        if aid in new_pos:
+            return sk, new_pos[aid]
+        blob, n = root_meta[aid][4:6] if aid in root_meta else old_sigs[aid]
+        if blob is None:
+            return None
+        return neardup.Sketches.from_blobs([blob], [n], NEAR_PARAMS.num_bins), 0
+
+    def score_with(m: str, canonical: str) -> float:
+        a, b = sketch(m), sketch(canonical)
+        if a is None or b is None:
+            return 0.0
+        return float(
+            neardup.similarity_rows(a[0], np.array([a[1]]), b[0], np.array([b[1]]), NEAR_PARAMS)[0]
+        )
+
+    links: list[dict[str, Any]] = []
+    repoint: dict[str, str] = {}
     for members in groups:
+        members = [m for m in members if m in new_pos or m in root_meta]
+        if len(members) < 2:
+            continue
         canonical = min(members, key=rank)
         for m in members:
             if m == canonical:
                 continue
+            direct = score_with(m, canonical)
             # Its score with the canonical copy, else with its closest copy in the group.
-            score = best.get((m, canonical)) or top.get(m, NEAR_PARAMS.threshold)
+            score = direct if direct >= NEAR_PARAMS.threshold else top.get(m, direct)
+            source, entry_key = (
+                (rows[new_pos[m]][5], rows[new_pos[m]][6]) if m in new_pos else root_meta[m][2:4]
+            )
+            if m not in new_pos:
+                repoint[m] = canonical
             links.append(
                 {
-                    "source": meta[m][4],
-                    "entry_key": meta[m][5],
+                    "source": source,
+                    "entry_key": entry_key,
                     "article_id": m,
                     "duplicate_of": canonical,
                     "level": "near_duplicate",
@@ -282,45 +562,43 @@ def _near_duplicates(
                     "run_id": None,
                 }
             )
-    con.register("staged_near", pa.Table.from_pylist(links))
-    # Exact links (content hash, canonical URL) stand; near links are re-pointed as groups grow.
-    con.execute(
-        """
-        DELETE FROM duplicates WHERE level = 'near_duplicate'
-          AND article_id IN (SELECT article_id FROM staged_near)
-        """
-    )
-    con.execute(
-        """
-        INSERT INTO duplicates BY NAME
-        SELECT * FROM staged_near s
-        WHERE NOT EXISTS (SELECT 1 FROM duplicates d
-                          WHERE d.source = s.source AND d.entry_key = s.entry_key)
-        """
-    )
-    new_ids = {t[0] for t in todo}
-    return sum(1 for r in links if r["article_id"] in new_ids)
+    if repoint:  # a new, earlier copy takes a stored group's place: its members follow
+        _stage(con, "repoint", {"old": list(repoint), "new": list(repoint.values())})
+        con.execute(
+            "UPDATE duplicates SET duplicate_of = r.new FROM repoint r "
+            "WHERE duplicates.level = 'near_duplicate' AND duplicates.duplicate_of = r.old"
+        )
+    if links:
+        con.register("staged_near", pa.Table.from_pylist(links))
+        con.execute(
+            """
+            INSERT INTO duplicates BY NAME
+            SELECT * FROM staged_near s
+            WHERE NOT EXISTS (SELECT 1 FROM duplicates d
+                              WHERE d.source = s.source AND d.entry_key = s.entry_key)
+            """
+        )
+    return sum(1 for r in links if r["article_id"] in new_pos)
 
 
 # -- stories ---------------------------------------------------------------------------------
 def _stories(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[Any, ...]],
+    raws: Mapping[str, dict[str, float]],
+    cache: _RawCache,
     policies: Mapping[str, SourcePolicy],
     params: stories.StoryParams,
     overrides: stories.Overrides,
     now: datetime,
 ) -> int:
     new_docs = [_doc(r, policies) for r in rows]
-    featured = {
-        r[0]
-        for r in con.execute(
-            "SELECT article_id FROM story_featured WHERE article_id IN (SELECT unnest(?))",
-            [[d.id for d in new_docs]],
-        ).fetchall()
-    }
+    featured = _ids_in(
+        con,
+        "SELECT article_id FROM ids_in JOIN story_featured USING (article_id)",
+        [d.id for d in new_docs],
+    )
     fresh = [d for d in new_docs if d.id not in featured]
-    raws = stories.raw_term_frequencies(new_docs, params)  # the one tokenising pass
     # The vocabulary learns the fresh articles' terms first (a whole batch at a time).
     # story_df is append-only (term, count) rows, summed on lookup and compacted now and
     # then: appending is ~40x faster in DuckDB than updating counts in place.
@@ -329,33 +607,33 @@ def _stories(
         for d in fresh:
             for t in raws[d.id]:
                 counts[t] += 1
-        con.register("staged_df", pa.table({"term": list(counts), "df": list(counts.values())}))
+        _stage(con, "staged_df", {"term": list(counts), "df": list(counts.values())})
         con.execute("INSERT INTO story_df SELECT term, df FROM staged_df")
-        con.register(
+        _stage(
+            con,
             "staged_featured",
-            pa.table(
-                {"article_id": [d.id for d in fresh], "n_terms": [len(raws[d.id]) for d in fresh]}
-            ),
+            {"article_id": [d.id for d in fresh], "n_terms": [len(raws[d.id]) for d in fresh]},
         )
         con.execute("INSERT INTO story_featured SELECT * FROM staged_featured")
     n_row = con.execute("SELECT count(*) FROM story_featured").fetchone()
     n_docs = int(n_row[0]) if n_row else 0
-    df = _lookup_df(con, {t for r in raws.values() for t in r})
+    df = _lookup_df(con, {t for d in new_docs for t in raws[d.id]})
     feats = {f.article_id: f for f in stories.featurise_raw(new_docs, raws, df, n_docs, params)}
     if fresh:
-        con.register(
+        _stage(
+            con,
             "staged_terms",
-            pa.table(
-                {
-                    "article_id": [d.id for d in fresh for _ in feats[d.id].blocking],
-                    "term": [t for d in fresh for t in feats[d.id].blocking],
-                }
-            ),
+            {
+                "article_id": [d.id for d in fresh for _ in feats[d.id].blocking],
+                "term": [t for d in fresh for t in feats[d.id].blocking],
+            },
         )
         con.execute("INSERT INTO story_terms SELECT * FROM staged_terms")
     neighbours = _neighbours(con, new_docs, feats, params, overrides, policies)
     if neighbours:
-        n_raws = stories.raw_term_frequencies(neighbours, params)
+        missing = [d for d in neighbours if d.id not in cache.data]
+        n_raws = {d.id: cache.data[d.id] for d in neighbours if d.id in cache.data}
+        n_raws.update(stories.raw_term_frequencies(missing, params))
         df.update(_lookup_df(con, {t for r in n_raws.values() for t in r} - set(df)))
         feats.update(
             (f.article_id, f) for f in stories.featurise_raw(neighbours, n_raws, df, n_docs, params)
@@ -363,27 +641,38 @@ def _stories(
     assignments = stories.assign_stories(new_docs, neighbours, df, n_docs, params, overrides, feats)
     old_story = {d.id: d.story_id for d in neighbours}
     touched = {a.story_id for a in assignments} | {s for s in old_story.values() if s}
-    con.register(
+    _stage(
+        con,
         "staged_assign",
-        pa.table(
-            {
-                "article_id": [a.article_id for a in assignments],
-                "story_id": [a.story_id for a in assignments],
-                "group_id": [a.group_id for a in assignments],
-                "is_representative": [a.is_representative for a in assignments],
-                "linked_to": [a.linked_to for a in assignments],
-                "score": [round(a.score, 4) for a in assignments],
-                "cohesion": [round(a.cohesion, 4) for a in assignments],
-                "threshold": [a.threshold for a in assignments],
-                "reason": [a.reason for a in assignments],
-                "assigned_at": pa.array([now] * len(assignments), pa.timestamp("us", tz="UTC")),
-            }
-        ),
+        {
+            "article_id": [a.article_id for a in assignments],
+            "story_id": [a.story_id for a in assignments],
+            "group_id": [a.group_id for a in assignments],
+            "is_representative": [a.is_representative for a in assignments],
+            "linked_to": [a.linked_to for a in assignments],
+            "score": [round(a.score, 4) for a in assignments],
+            "cohesion": [round(a.cohesion, 4) for a in assignments],
+            "threshold": [a.threshold for a in assignments],
+            "reason": [a.reason for a in assignments],
+            "assigned_at": pa.array([now] * len(assignments), pa.timestamp("us", tz="UTC")),
+        },
+    )
+    # Only rows that change are rewritten (a neighbour's assignment is usually unchanged).
+    con.execute(
+        """
+        CREATE OR REPLACE TEMP TABLE changed_assign AS
+        SELECT n.* FROM staged_assign n LEFT JOIN story_articles o USING (article_id)
+        WHERE o.article_id IS NULL OR o.story_id <> n.story_id OR o.group_id <> n.group_id
+           OR o.is_representative <> n.is_representative
+           OR o.linked_to IS DISTINCT FROM n.linked_to OR o.score <> n.score
+           OR o.cohesion <> n.cohesion OR o.reason <> n.reason
+        """
     )
     con.execute(
-        "DELETE FROM story_articles WHERE article_id IN (SELECT article_id FROM staged_assign)"
+        "DELETE FROM story_articles WHERE article_id IN (SELECT article_id FROM changed_assign)"
     )
-    con.execute("INSERT INTO story_articles SELECT * FROM staged_assign")
+    con.execute("INSERT INTO story_articles SELECT * FROM changed_assign")
+    con.execute("DROP TABLE changed_assign")
     _rebuild_stories(con, sorted(touched), now)
     return len(touched)
 
@@ -391,7 +680,7 @@ def _stories(
 def _lookup_df(con: duckdb.DuckDBPyConnection, terms: set[str]) -> dict[str, int]:
     if not terms:
         return {}
-    con.register("wanted_terms", pa.table({"term": sorted(terms)}))
+    _stage(con, "wanted_terms", {"term": sorted(terms)})
     rows = con.execute(
         "SELECT d.term, sum(d.df)::BIGINT FROM story_df d JOIN wanted_terms USING (term) "
         "GROUP BY d.term"
@@ -425,51 +714,51 @@ def _neighbours(
 ) -> list[stories.StoryDoc]:
     """Stored articles sharing a blocking term within the window, as whole groups."""
     new_ids = [d.id for d in new_docs]
+    new_set = set(new_ids)
     times = [d.time for d in new_docs if d.time is not None]
     window = params.window
     lo = (min(times) - window) if times and len(times) == len(new_docs) else datetime(1, 1, 1)
     hi = (max(times) + window) if times and len(times) == len(new_docs) else datetime(9999, 1, 1)
-    con.register(
+    _stage(
+        con,
         "staged_blocking",
-        pa.table(
-            {
-                "article_id": [i for i in new_ids for _ in feats[i].blocking],
-                "term": [t for i in new_ids for t in feats[i].blocking],
-            }
-        ),
+        {
+            "article_id": [i for i in new_ids for _ in feats[i].blocking],
+            "term": [t for i in new_ids for t in feats[i].blocking],
+        },
     )
+    _stage(con, "batch_ids", {"article_id": new_ids})
     partners = [
-        b if a in set(new_ids) else a
-        for a, b in overrides.must_link
-        if (a in set(new_ids)) != (b in set(new_ids))
+        b if a in new_set else a for a, b in overrides.must_link if (a in new_set) != (b in new_set)
     ]
+    _stage(con, "partner_ids", {"article_id": pa.array(partners, pa.string())})
     group_rows = con.execute(
         """
         WITH cand AS (
             SELECT DISTINCT t.article_id
             FROM staged_blocking n JOIN story_terms t USING (term)
             JOIN articles a ON a.article_id = t.article_id
-            WHERE t.article_id NOT IN (SELECT article_id FROM staged_blocking)
+            WHERE t.article_id NOT IN (SELECT article_id FROM batch_ids)
               AND coalesce(a.published_at, a.fetched_at) BETWEEN ? AND ?
             UNION
-            SELECT unnest(?::TEXT[])
+            SELECT article_id FROM partner_ids
         )
         SELECT DISTINCT s.group_id FROM cand JOIN story_articles s USING (article_id)
         """,
-        [lo.replace(tzinfo=UTC), hi.replace(tzinfo=UTC), partners],
+        [lo.replace(tzinfo=UTC), hi.replace(tzinfo=UTC)],
     ).fetchall()
     groups = [g[0] for g in group_rows]
     if not groups:
         return []
+    _stage(con, "group_ids", {"group_id": groups})
     rows = con.execute(
         """
         SELECT a.article_id, coalesce(a.title, ''), a.text, a.published_at, a.fetched_at,
                a.source, s.story_id, s.group_id
-        FROM story_articles s JOIN articles a USING (article_id)
-        WHERE s.group_id IN (SELECT unnest(?)) AND s.article_id NOT IN (SELECT unnest(?))
+        FROM story_articles s JOIN group_ids USING (group_id) JOIN articles a USING (article_id)
+        WHERE s.article_id NOT IN (SELECT article_id FROM batch_ids)
         ORDER BY a.article_id
-        """,
-        [groups, new_ids],
+        """
     ).fetchall()
     return [_doc(r, policies, story_id=r[6], group_id=r[7]) for r in rows]
 
@@ -477,16 +766,19 @@ def _neighbours(
 def _singletons(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], now: datetime) -> None:
     """Story clustering off: every article is its own story."""
     ids = [r[0] for r in rows]
-    con.execute("DELETE FROM story_articles WHERE article_id IN (SELECT unnest(?))", [ids])
-    con.executemany(
-        "INSERT INTO story_articles VALUES (?,?,?,true,NULL,0,0,0,'alone',?)",
-        [[i, i, i, now] for i in ids],
+    _stage(con, "alone_ids", {"article_id": ids})
+    con.execute("DELETE FROM story_articles WHERE article_id IN (SELECT article_id FROM alone_ids)")
+    con.execute(
+        "INSERT INTO story_articles SELECT article_id, article_id, article_id, true, NULL, 0, 0, "
+        "0, 'alone', ? FROM alone_ids",
+        [now],
     )
-    _rebuild_stories(con, [r[0] for r in rows], now)
+    _rebuild_stories(con, ids, now)
 
 
 def _rebuild_stories(con: duckdb.DuckDBPyConnection, story_ids: list[str], now: datetime) -> None:
-    con.execute("DELETE FROM stories WHERE story_id IN (SELECT unnest(?))", [story_ids])
+    _stage(con, "touched_stories", {"story_id": story_ids})
+    con.execute("DELETE FROM stories WHERE story_id IN (SELECT story_id FROM touched_stories)")
     con.execute(
         """
         INSERT INTO stories
@@ -499,12 +791,12 @@ def _rebuild_stories(con: duckdb.DuckDBPyConnection, story_ids: list[str], now: 
                count(DISTINCT o.outlet),
                ?
         FROM story_articles s
+        JOIN touched_stories USING (story_id)
         JOIN articles a USING (article_id)
         JOIN article_outlets o USING (article_id)
-        WHERE s.story_id IN (SELECT unnest(?))
         GROUP BY s.story_id
         """,
-        [now, story_ids],
+        [now],
     )
 
 

@@ -42,7 +42,9 @@ __all__ = [
     "NearDupParams",
     "NearDupPair",
     "Signature",
+    "Sketches",
     "band_keys",
+    "band_matrix",
     "compute_signature",
     "compute_signatures",
     "connected_groups",
@@ -50,6 +52,8 @@ __all__ = [
     "estimate_jaccard",
     "find_near_duplicates",
     "normalise_words",
+    "similarity_rows",
+    "sketch_texts",
 ]
 
 _WORD_RE = re.compile(r"\w+")
@@ -211,6 +215,52 @@ def _sketch(shingles: _U64, num_bins: int) -> npt.NDArray[np.uint32]:
     return np.where(filled, sig, dense.astype(np.uint32))
 
 
+@dataclass(frozen=True)
+class Sketches:
+    """Signatures of many texts as arrays (what the pipeline stores and compares in bulk).
+
+    Attributes:
+        values: ``(n, num_bins)`` unsigned 32-bit minima, one row per text.
+        n_shingles: Distinct shingles per text (0 for a text without words).
+    """
+
+    values: npt.NDArray[np.uint32]
+    n_shingles: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.n_shingles)
+
+    def signature(self, i: int) -> Signature:
+        """Row ``i`` as a :class:`Signature`."""
+        return Signature(tuple(self.values[i].tolist()), int(self.n_shingles[i]))
+
+    @classmethod
+    def from_blobs(
+        cls, blobs: Sequence[bytes], n_shingles: Sequence[int], num_bins: int
+    ) -> Sketches:
+        """Rows from stored :meth:`Signature.to_bytes` blobs (one copy, no per-bin objects)."""
+        values = np.frombuffer(b"".join(blobs), dtype="<u4").astype(np.uint32)
+        return cls(values.reshape(len(blobs), num_bins), np.asarray(n_shingles, dtype=np.int64))
+
+
+def sketch_texts(texts: Iterable[str], params: NearDupParams) -> Sketches:
+    """Sketch many texts at once (word hashes are shared within the call).
+
+    Args:
+        texts: Texts to sketch (title and body as the caller sees fit; the same for all).
+        params: Sketch parameters.
+    """
+    hasher = _WordHasher(params.seed)
+    rows: list[npt.NDArray[np.uint32]] = []
+    counts: list[int] = []
+    for text in texts:
+        shingles = _shingle_hashes(hasher(normalise_words(text)), params.shingle_size)
+        rows.append(_sketch(shingles, params.num_bins))
+        counts.append(int(np.count_nonzero(np.diff(shingles))) + 1 if len(shingles) else 0)
+    values = np.vstack(rows) if rows else np.empty((0, params.num_bins), dtype=np.uint32)
+    return Sketches(values, np.asarray(counts, dtype=np.int64))
+
+
 def compute_signatures(texts: Iterable[str], params: NearDupParams) -> list[Signature]:
     """Compute the signatures of many texts (faster than one by one: word hashes are shared).
 
@@ -221,19 +271,31 @@ def compute_signatures(texts: Iterable[str], params: NearDupParams) -> list[Sign
     Returns:
         One :class:`Signature` per text, in input order.
     """
-    hasher = _WordHasher(params.seed)
-    out: list[Signature] = []
-    for text in texts:
-        shingles = _shingle_hashes(hasher(normalise_words(text)), params.shingle_size)
-        sig = _sketch(shingles, params.num_bins)
-        n_distinct = int(np.count_nonzero(np.diff(shingles))) + 1 if len(shingles) else 0
-        out.append(Signature(tuple(sig.tolist()), n_distinct))
-    return out
+    sk = sketch_texts(texts, params)
+    return [sk.signature(i) for i in range(len(sk))]
 
 
 def compute_signature(text: str, params: NearDupParams) -> Signature:
     """Compute the signature of one text. See :func:`compute_signatures`."""
     return compute_signatures([text], params)[0]
+
+
+def band_matrix(values: npt.NDArray[np.uint32], params: NearDupParams) -> npt.NDArray[np.int64]:
+    """LSH buckets of many signatures: ``(n, num_bands)`` signed 64-bit ints.
+
+    Row ``i`` equals :func:`band_keys` of signature ``i`` (rows of empty texts are meaningless:
+    the caller skips texts without shingles).
+    """
+    n = len(values)
+    vals = values.astype(np.uint64).reshape(n, params.num_bands, params.band_rows)
+    acc = np.broadcast_to(
+        np.arange(params.num_bands, dtype=np.uint64) + np.uint64(params.seed),
+        (n, params.num_bands),
+    ).copy()
+    with np.errstate(over="ignore"):
+        for j in range(params.band_rows):
+            acc = _mix64(acc * np.uint64(0x100000001B3) + vals[:, :, j])
+    return acc.view(np.int64)
 
 
 def band_keys(sig: Signature, params: NearDupParams) -> list[int]:
@@ -251,12 +313,30 @@ def band_keys(sig: Signature, params: NearDupParams) -> list[int]:
     """
     if sig.is_empty:
         return []
-    vals = np.asarray(sig.values, dtype=np.uint64).reshape(params.num_bands, params.band_rows)
-    acc = np.arange(params.num_bands, dtype=np.uint64) + np.uint64(params.seed)
-    with np.errstate(over="ignore"):
-        for j in range(params.band_rows):
-            acc = _mix64(acc * np.uint64(0x100000001B3) + vals[:, j])
-    return [int(v) for v in acc.view(np.int64)]
+    values = np.asarray(sig.values, dtype=np.uint32).reshape(1, -1)
+    return [int(v) for v in band_matrix(values, params)[0]]
+
+
+def similarity_rows(
+    a: Sketches,
+    ia: npt.NDArray[np.intp],
+    b: Sketches,
+    ib: npt.NDArray[np.intp],
+    params: NearDupParams,
+) -> npt.NDArray[np.float64]:
+    """Similarity of many pairs at once: ``a[ia[k]]`` with ``b[ib[k]]``, as :func:`similarity`."""
+    if len(ia) == 0:
+        return np.zeros(0)
+    na = a.n_shingles[ia].astype(np.float64)
+    nb = b.n_shingles[ib].astype(np.float64)
+    j = np.count_nonzero(a.values[ia] == b.values[ib], axis=1) / a.values.shape[1]
+    j = np.where((na == 0) | (nb == 0), 0.0, j)
+    if not params.use_containment:
+        return j
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inter = j * (na + nb) / (1.0 + j)
+        out = np.minimum(1.0, inter / np.minimum(na, nb))
+    return np.where(j == 0.0, 0.0, out)
 
 
 def estimate_jaccard(a: Signature, b: Signature) -> float:
