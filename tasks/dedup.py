@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from config.settings import Settings
 from tasks.core import neardup, stories
+from tasks.core.features import Features, article_features
 from tasks.db import Warehouse
 
 MIN_NEAR_SHINGLES = 20
@@ -138,24 +139,6 @@ def _read_rows(con: duckdb.DuckDBPyConnection, ids: Sequence[str]) -> list[tuple
 
 
 # -- features (worker processes) --------------------------------------------------------------
-@dataclass
-class Features:
-    """What dedup computes from the text of a batch: sketches and raw term frequencies."""
-
-    sketches: neardup.Sketches
-    raws: dict[str, dict[str, float]]
-
-
-def article_features(
-    ids: Sequence[str], titles: Sequence[str], texts: Sequence[str], params: stories.StoryParams
-) -> Features:
-    """Near-duplicate sketches (of the body) and story term frequencies (title and body)."""
-    docs = [stories.StoryDoc(i, t, x) for i, t, x in zip(ids, titles, texts, strict=True)]
-    return Features(
-        neardup.sketch_texts(texts, NEAR_PARAMS), stories.raw_term_frequencies(docs, params)
-    )
-
-
 class _FeaturePool:
     """Features computed in worker processes, a batch ahead of the writer, or inline."""
 
@@ -172,12 +155,12 @@ class _FeaturePool:
         titles = [r[1] or "" for r in rows]
         texts = [r[2] or "" for r in rows]
         if self.pool is None:
-            return article_features(ids, titles, texts, self.params)
+            return article_features(ids, titles, texts, NEAR_PARAMS, self.params)
         step = -(-len(rows) // self.workers) or 1
         return [
             self.pool.submit(
                 article_features, ids[k : k + step], titles[k : k + step], texts[k : k + step],
-                self.params,
+                NEAR_PARAMS, self.params,
             )
             for k in range(0, len(rows), step)
         ]  # fmt: skip
@@ -458,7 +441,7 @@ def _near_duplicates(
             edges.append((a, b, s))
     if not edges:
         return 0
-    return _link_groups(con, rows, todo, sk, edges, old_rows, policies, now)
+    return _link_groups(con, rows, todo, sk, edges, policies, now)
 
 
 def _link_groups(
@@ -467,7 +450,6 @@ def _link_groups(
     todo: list[int],
     sk: neardup.Sketches,
     edges: list[tuple[str, str, float]],
-    old_rows: list[tuple[Any, ...]],
     policies: Mapping[str, SourcePolicy],
     now: datetime,
 ) -> int:
@@ -502,7 +484,6 @@ def _link_groups(
             "LEFT JOIN near_signatures s USING (article_id)"
         ).fetchall()
     }
-    old_sigs = {r[0]: (r[1], r[2]) for r in old_rows}
     top: dict[str, float] = {}  # best verified score of each new article and of each root
     for a, b, s in edges:
         for x in (a, b if b in new_pos else root_of.get(b, b)):
@@ -515,53 +496,49 @@ def _link_groups(
         published, fetched, source = root_meta[aid][:3]
         return _rank(published, fetched, source, policies, aid)
 
-    def sketch(aid: str) -> tuple[neardup.Sketches, int] | None:
-        if aid in new_pos:
-            return sk, new_pos[aid]
-        blob, n = root_meta[aid][4:6] if aid in root_meta else old_sigs[aid]
-        if blob is None:
-            return None
-        return neardup.Sketches.from_blobs([blob], [n], NEAR_PARAMS.num_bins), 0
-
-    def score_with(m: str, canonical: str) -> float:
-        a, b = sketch(m), sketch(canonical)
-        if a is None or b is None:
-            return 0.0
-        return float(
-            neardup.similarity_rows(a[0], np.array([a[1]]), b[0], np.array([b[1]]), NEAR_PARAMS)[0]
-        )
-
-    links: list[dict[str, Any]] = []
-    repoint: dict[str, str] = {}
+    # New articles' and roots' sketches side by side, to score each member with its canonical.
+    signed = [r for r in roots if r in root_meta and root_meta[r][4] is not None]
+    root_sk = neardup.Sketches.from_blobs(
+        [root_meta[r][4] for r in signed], [root_meta[r][5] for r in signed], NEAR_PARAMS.num_bins
+    )
+    both = neardup.Sketches(
+        np.vstack([sk.values, root_sk.values]), np.concatenate([sk.n_shingles, root_sk.n_shingles])
+    )
+    at = {r: len(sk) + k for k, r in enumerate(signed)} | new_pos
+    pairs: list[tuple[str, str]] = []
     for members in groups:
         members = [m for m in members if m in new_pos or m in root_meta]
-        if len(members) < 2:
-            continue
-        canonical = min(members, key=rank)
-        for m in members:
-            if m == canonical:
-                continue
-            direct = score_with(m, canonical)
-            # Its score with the canonical copy, else with its closest copy in the group.
-            score = direct if direct >= NEAR_PARAMS.threshold else top.get(m, direct)
-            source, entry_key = (
-                (rows[new_pos[m]][5], rows[new_pos[m]][6]) if m in new_pos else root_meta[m][2:4]
-            )
-            if m not in new_pos:
-                repoint[m] = canonical
-            links.append(
-                {
-                    "source": source,
-                    "entry_key": entry_key,
-                    "article_id": m,
-                    "duplicate_of": canonical,
-                    "level": "near_duplicate",
-                    "score": round(score, 4),
-                    "threshold": NEAR_PARAMS.threshold,
-                    "detected_at": now,
-                    "run_id": None,
-                }
-            )
+        if len(members) >= 2:
+            canonical = min(members, key=rank)
+            pairs += [(m, canonical) for m in members if m != canonical]
+    direct = neardup.similarity_rows(
+        both, np.asarray([at.get(m, 0) for m, _ in pairs], dtype=np.intp),
+        both, np.asarray([at.get(c, 0) for _, c in pairs], dtype=np.intp), NEAR_PARAMS,
+    ).tolist()  # fmt: skip
+    links: list[dict[str, Any]] = []
+    repoint: dict[str, str] = {}
+    for (m, canonical), d in zip(pairs, direct, strict=True):
+        d = d if m in at and canonical in at else 0.0
+        # Its score with the canonical copy, else with its closest copy in the group.
+        score = d if d >= NEAR_PARAMS.threshold else top.get(m, d)
+        if m in new_pos:
+            source, entry_key = rows[new_pos[m]][5], rows[new_pos[m]][6]
+        else:
+            source, entry_key = root_meta[m][2:4]
+            repoint[m] = canonical
+        links.append(
+            {
+                "source": source,
+                "entry_key": entry_key,
+                "article_id": m,
+                "duplicate_of": canonical,
+                "level": "near_duplicate",
+                "score": round(score, 4),
+                "threshold": NEAR_PARAMS.threshold,
+                "detected_at": now,
+                "run_id": None,
+            }
+        )
     if repoint:  # a new, earlier copy takes a stored group's place: its members follow
         _stage(con, "repoint", {"old": list(repoint), "new": list(repoint.values())})
         con.execute(
@@ -618,27 +595,34 @@ def _stories(
     n_row = con.execute("SELECT count(*) FROM story_featured").fetchone()
     n_docs = int(n_row[0]) if n_row else 0
     df = _lookup_df(con, {t for d in new_docs for t in raws[d.id]})
-    feats = {f.article_id: f for f in stories.featurise_raw(new_docs, raws, df, n_docs, params)}
+    vocabulary = stories.Vocabulary()
+    fm = stories.featurise_matrix([d.id for d in new_docs], raws, df, n_docs, params, vocabulary)
+    blocking = {d.id: fm.blocking_terms(k) for k, d in enumerate(new_docs)}
     if fresh:
         _stage(
             con,
             "staged_terms",
             {
-                "article_id": [d.id for d in fresh for _ in feats[d.id].blocking],
-                "term": [t for d in fresh for t in feats[d.id].blocking],
+                "article_id": [d.id for d in fresh for _ in blocking[d.id]],
+                "term": [t for d in fresh for t in blocking[d.id]],
             },
         )
         con.execute("INSERT INTO story_terms SELECT * FROM staged_terms")
-    neighbours = _neighbours(con, new_docs, feats, params, overrides, policies)
+    neighbours = _neighbours(con, new_docs, blocking, params, overrides, policies)
     if neighbours:
         missing = [d for d in neighbours if d.id not in cache.data]
         n_raws = {d.id: cache.data[d.id] for d in neighbours if d.id in cache.data}
         n_raws.update(stories.raw_term_frequencies(missing, params))
         df.update(_lookup_df(con, {t for r in n_raws.values() for t in r} - set(df)))
-        feats.update(
-            (f.article_id, f) for f in stories.featurise_raw(neighbours, n_raws, df, n_docs, params)
+        fm = stories.FeatureMatrix.stack(
+            [
+                fm,
+                stories.featurise_matrix(
+                    [d.id for d in neighbours], n_raws, df, n_docs, params, vocabulary
+                ),
+            ]
         )
-    assignments = stories.assign_stories(new_docs, neighbours, df, n_docs, params, overrides, feats)
+    assignments = stories.assign_stories(new_docs, neighbours, df, n_docs, params, overrides, fm)
     old_story = {d.id: d.story_id for d in neighbours}
     touched = {a.story_id for a in assignments} | {s for s in old_story.values() if s}
     _stage(
@@ -707,7 +691,7 @@ def compact_vocabulary(con: duckdb.DuckDBPyConnection) -> None:
 def _neighbours(
     con: duckdb.DuckDBPyConnection,
     new_docs: Sequence[stories.StoryDoc],
-    feats: Mapping[str, stories.ArticleFeatures],
+    blocking: Mapping[str, Sequence[str]],
     params: stories.StoryParams,
     overrides: stories.Overrides,
     policies: Mapping[str, SourcePolicy],
@@ -723,8 +707,8 @@ def _neighbours(
         con,
         "staged_blocking",
         {
-            "article_id": [i for i in new_ids for _ in feats[i].blocking],
-            "term": [t for i in new_ids for t in feats[i].blocking],
+            "article_id": [i for i in new_ids for _ in blocking[i]],
+            "term": [t for i in new_ids for t in blocking[i]],
         },
     )
     _stage(con, "batch_ids", {"article_id": new_ids})

@@ -48,13 +48,13 @@ and the pipeline upserts all of them (a late, earlier-published article can chan
 
 from __future__ import annotations
 
-import heapq
 import math
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
@@ -73,7 +73,9 @@ __all__ = [
     "choose_representative",
     "document_terms",
     "featurise",
-    "featurise_raw",
+    "FeatureMatrix",
+    "Vocabulary",
+    "featurise_matrix",
     "pair_similarity",
     "raw_term_frequencies",
     "term_weights",
@@ -219,82 +221,62 @@ def _token_info(tok: str) -> _Info:
 
 @dataclass
 class _Featuriser:
-    """Turns articles into weighted terms; caches per token and per term within one call."""
+    """Turns articles into raw term frequencies; caches each token's terms within one call."""
 
     params: StoryParams
-    df: Mapping[str, int]
-    n_docs: int
-    infos: dict[str, _Info] = field(default_factory=dict)
-    idfs: dict[str, float] = field(default_factory=dict)
+    word_of: dict[str, str] = field(default_factory=dict)
+    """Token -> its word term ("" for a stop word)."""
+    entity_of: dict[str, str] = field(default_factory=dict)
+    """Token -> its entity term ("" for a stop word)."""
 
     def raw(self, title: str, text: str) -> dict[str, float]:
         """Raw (lead- and entity-weighted) term frequencies of one article."""
         lw, ew = self.params.lead_weight, self.params.entity_weight
         n_lead = self.params.lead_words
         tf: dict[str, float] = {}
+        get = tf.get
         body = _WORD_RE.findall(text)
-        self._add_words(tf, _WORD_RE.findall(title), lw)
-        self._add_words(tf, body[:n_lead], lw)
-        self._add_words(tf, body[n_lead:], 1.0)
+        zones = ((_WORD_RE.findall(title), lw), (body[:n_lead], lw), (body[n_lead:], 1.0))
+        for tokens, weight in zones:
+            for word, count in Counter(self._terms(self.word_of, tokens)).items():
+                if word:
+                    tf[word] = get(word, 0.0) + count * weight
         cut = 0
         if len(body) > n_lead:
             for _, m in zip(range(n_lead), _WORD_RE.finditer(text), strict=False):
                 cut = m.end()
         else:
             cut = len(text)
-        self._add_entities(tf, "\n" + title, lw * ew)
-        self._add_entities(tf, "\n" + text[:cut], lw * ew)
-        self._add_entities(tf, text[cut:], ew)
+        spans = (("\n" + title, lw * ew), ("\n" + text[:cut], lw * ew), (text[cut:], ew))
+        for zone, weight in spans:
+            for run in _ENTITY_RE.findall(zone):
+                prev = ""
+                for key in self._terms(self.entity_of, run.split()):
+                    if not key:
+                        prev = ""
+                        continue
+                    tf[key] = get(key, 0.0) + weight
+                    if prev:
+                        pair = prev + "_" + key[2:]
+                        tf[pair] = get(pair, 0.0) + weight
+                    prev = key
         return tf
 
-    def _info(self, tok: str) -> _Info:
-        info = self.infos.get(tok)
-        if info is None:
-            info = self.infos[tok] = _token_info(tok)
-        return info
-
-    def _add_words(self, tf: dict[str, float], tokens: list[str], weight: float) -> None:
-        for tok, count in Counter(tokens).items():
-            word = self._info(tok)[0]
-            if word:
-                tf[word] = tf.get(word, 0.0) + count * weight
-
-    def _add_entities(self, tf: dict[str, float], zone: str, weight: float) -> None:
-        for run in _ENTITY_RE.findall(zone):
-            prev = ""
-            for tok in run.split():
-                word, low, _, _ = self._info(tok)
-                if not word:
-                    prev = ""
-                    continue
-                key = "e:" + low
-                tf[key] = tf.get(key, 0.0) + weight
-                if prev:
-                    key = "e:" + prev + "_" + low
-                    tf[key] = tf.get(key, 0.0) + weight
-                prev = low
-
-    def weights(self, title: str, text: str) -> dict[str, float]:
-        """L2-normalised TF-IDF weights (empty for an article without terms)."""
-        return self.normalise(self.raw(title, text))
-
-    def normalise(self, raw: Mapping[str, float]) -> dict[str, float]:
-        """TF-IDF weights from raw term frequencies, L2-normalised."""
-        idfs = self.idfs
-        vec: dict[str, float] = {}
-        for t, c in raw.items():
-            idf = idfs.get(t)
-            if idf is None:
-                base = math.log((self.n_docs + 1) / (self.df.get(t, 0) + 1)) + 1.0
-                idf = idfs[t] = base**self.params.idf_power
-            vec[t] = (1.0 + math.log(c) if c > 1.0 else c) * idf
-        norm = math.sqrt(sum(v * v for v in vec.values()))
-        return {t: v / norm for t, v in vec.items()} if norm > 0 else {}
+    def _terms(self, cache: dict[str, str], tokens: list[str]) -> list[str]:
+        """Each token's term from ``cache`` (word or entity), filling both caches as needed."""
+        try:
+            return list(map(cache.__getitem__, tokens))
+        except KeyError:
+            for tok in set(tokens).difference(cache):
+                word, low, _, _ = _token_info(tok)
+                self.word_of[tok] = word
+                self.entity_of[tok] = "e:" + low if word else ""
+            return list(map(cache.__getitem__, tokens))
 
 
 def document_terms(title: str, text: str, params: StoryParams | None = None) -> frozenset[str]:
     """Distinct terms of an article; add 1 to each one's document frequency when storing it."""
-    return frozenset(_Featuriser(params or StoryParams(), {}, 0).raw(title, text))
+    return frozenset(_Featuriser(params or StoryParams()).raw(title, text))
 
 
 def term_weights(
@@ -308,7 +290,152 @@ def term_weights(
         n_docs: Number of documents the frequencies were counted over.
         params: Feature parameters.
     """
-    return _Featuriser(params, df, n_docs).weights(doc.title, doc.text)
+    fm = featurise_matrix([doc.id], raw_term_frequencies([doc], params), df, n_docs, params)
+    return fm.weights(0)
+
+
+class Vocabulary:
+    """Column numbers of terms, shared by the feature matrices of one clustering pass."""
+
+    def __init__(self) -> None:
+        self.index: defaultdict[str, int] = defaultdict()
+        self.index.default_factory = self.index.__len__  # a new term gets the next number
+        self._terms: list[str] = []
+
+    def columns(self, terms: Iterable[str], count: int) -> npt.NDArray[np.int64]:
+        """Column of each term (new terms are numbered on the way)."""
+        return np.fromiter(map(self.index.__getitem__, terms), dtype=np.int64, count=count)
+
+    def terms(self) -> list[str]:
+        """The term of each column (index = column)."""
+        if len(self._terms) < len(self.index):
+            self._terms = list(self.index)
+        return self._terms
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass
+class FeatureMatrix:
+    """Normalised TF-IDF vectors of many articles (one CSR row each) and their blocking terms.
+
+    Attributes:
+        ids: Article id of each row.
+        rows: L2-normalised TF-IDF weights; columns are ``vocabulary`` numbers.
+        blocking: Columns of each row's blocking terms (see :func:`blocking_terms`).
+        vocabulary: Term of each column (shared; may have grown since this matrix was made).
+    """
+
+    ids: list[str]
+    rows: sp.csr_matrix
+    blocking: list[npt.NDArray[np.int64]]
+    vocabulary: Vocabulary
+
+    def weights(self, i: int) -> dict[str, float]:
+        """Row ``i`` as ``{term: weight}``."""
+        a, b = self.rows.indptr[i], self.rows.indptr[i + 1]
+        terms = self.vocabulary.terms()
+        return dict(
+            zip(
+                [terms[c] for c in self.rows.indices[a:b].tolist()],
+                self.rows.data[a:b].tolist(),
+                strict=True,
+            )
+        )
+
+    def blocking_terms(self, i: int) -> tuple[str, ...]:
+        terms = self.vocabulary.terms()
+        return tuple(terms[c] for c in self.blocking[i].tolist())
+
+    def take(self, ids: Sequence[str]) -> FeatureMatrix:
+        """The rows of ``ids``, in that order."""
+        pos = {d: k for k, d in enumerate(self.ids)}
+        order = [pos[d] for d in ids]
+        return FeatureMatrix(list(ids), self.rows[order], [self.blocking[k] for k in order],
+                             self.vocabulary)  # fmt: skip
+
+    @staticmethod
+    def from_features(feats: Sequence[ArticleFeatures], vocabulary: Vocabulary) -> FeatureMatrix:
+        """Rows from :func:`featurise` output (weights as computed there)."""
+        lengths = [len(f.weights) for f in feats]
+        total = sum(lengths)
+        cols = vocabulary.columns(chain.from_iterable(f.weights for f in feats), total)
+        data = np.fromiter(
+            chain.from_iterable(f.weights.values() for f in feats), np.float64, total
+        )
+        indptr = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        rows = sp.csr_matrix((data, cols, indptr), shape=(len(feats), max(len(vocabulary), 1)))
+        blocking = [vocabulary.columns(f.blocking, len(f.blocking)) for f in feats]
+        return FeatureMatrix([f.article_id for f in feats], rows, blocking, vocabulary)
+
+    @staticmethod
+    def stack(parts: Sequence[FeatureMatrix]) -> FeatureMatrix:
+        """Rows of several matrices over one vocabulary, one after the other."""
+        vocabulary = parts[0].vocabulary
+        width = max(len(vocabulary), 1)
+        rows = [sp.csr_matrix((p.rows.data, p.rows.indices, p.rows.indptr),
+                              shape=(p.rows.shape[0], width)) for p in parts]  # fmt: skip
+        return FeatureMatrix(
+            [i for p in parts for i in p.ids],
+            sp.vstack(rows, format="csr") if rows else sp.csr_matrix((0, width)),
+            [b for p in parts for b in p.blocking],
+            vocabulary,
+        )
+
+
+def featurise_matrix(
+    ids: Sequence[str],
+    raws: Mapping[str, Mapping[str, float]],
+    df: Mapping[str, int],
+    n_docs: int,
+    params: StoryParams,
+    vocabulary: Vocabulary | None = None,
+) -> FeatureMatrix:
+    """TF-IDF rows and blocking terms of many articles from :func:`raw_term_frequencies`.
+
+    Term frequency is sub-linear (``1 + ln tf`` above 1), IDF is
+    ``(ln((N + 1) / (df + 1)) + 1) ** idf_power``, rows are L2-normalised. Vectorised: the only
+    per-term Python work is looking up each term's column and, once per distinct term, its df.
+    """
+    vocabulary = vocabulary if vocabulary is not None else Vocabulary()
+    lengths = np.fromiter((len(raws[i]) for i in ids), dtype=np.int64, count=len(ids))
+    total = int(lengths.sum())
+    cols = vocabulary.columns(chain.from_iterable(raws[i] for i in ids), total)
+    tf = np.fromiter(chain.from_iterable(raws[i].values() for i in ids), np.float64, total)
+    uniq, inverse = np.unique(cols, return_inverse=True)
+    terms = vocabulary.terms()
+    dfs = np.fromiter((df.get(terms[c], 0) for c in uniq.tolist()), np.float64, len(uniq))
+    idf = (np.log((n_docs + 1) / (dfs + 1)) + 1.0) ** params.idf_power
+    w = np.where(tf > 1.0, 1.0 + np.log(np.maximum(tf, 1.0)), tf) * idf[inverse]
+    row_of = np.repeat(np.arange(len(ids)), lengths)
+    norms = np.sqrt(np.bincount(row_of, weights=w * w, minlength=len(ids)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(norms[row_of] > 0, w / norms[row_of], 0.0)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    rows = sp.csr_matrix((w, cols, indptr), shape=(len(ids), max(len(vocabulary), 1)))
+    k = params.blocking_size
+    blocking = [
+        _heaviest(w[indptr[r] : indptr[r + 1]], cols[indptr[r] : indptr[r + 1]], terms, k)
+        for r in range(len(ids))
+    ]
+    return FeatureMatrix(list(ids), rows, blocking, vocabulary)
+
+
+def _heaviest(
+    weights: npt.NDArray[np.float64], cols: npt.NDArray[np.int64], terms: list[str], k: int
+) -> npt.NDArray[np.int64]:
+    """Columns of the ``k`` heaviest terms, ties broken by term."""
+    if k <= 0 or not len(weights):
+        return np.empty(0, dtype=np.int64)
+    if len(weights) > k:
+        cut = np.partition(weights, len(weights) - k)[len(weights) - k]
+        keep = np.flatnonzero(weights >= cut)
+    else:
+        keep = np.arange(len(weights))
+    top = cols[keep].tolist()
+    ranked = sorted(zip((-weights[keep]).tolist(), [terms[c] for c in top], top, strict=True))
+    return np.asarray([c for _, _, c in ranked[:k]], dtype=np.int64)
 
 
 def blocking_terms(weights: Mapping[str, float], params: StoryParams) -> list[str]:
@@ -317,12 +444,11 @@ def blocking_terms(weights: Mapping[str, float], params: StoryParams) -> list[st
     Persist one row ``(article_id, term)`` per returned term; the candidates of a new article are
     the stored articles sharing at least one of its terms (within the time window).
     """
-    k = params.blocking_size
-    if not weights or k <= 0:
-        return []
-    cut = heapq.nlargest(k, weights.values())[-1]
-    ranked = sorted((-v, t) for t, v in weights.items() if v >= cut)
-    return [t for _, t in ranked[:k]]
+    vocabulary = Vocabulary()
+    cols = vocabulary.columns(weights, len(weights))
+    values = np.fromiter(weights.values(), np.float64, len(weights))
+    terms = vocabulary.terms()
+    return [terms[c] for c in _heaviest(values, cols, terms, params.blocking_size).tolist()]
 
 
 @dataclass(frozen=True)
@@ -333,8 +459,7 @@ class ArticleFeatures:
         article_id: The article.
         terms: Distinct terms: add 1 to each one's row in the DF table (and 1 to N).
         blocking: Blocking terms: one ``(article_id, term)`` row each in the inverted index.
-        weights: Normalised TF-IDF vector; not stored, but can be handed to
-            :func:`assign_stories` so the new articles are not featurised twice.
+        weights: Normalised TF-IDF vector (not stored).
     """
 
     article_id: str
@@ -348,7 +473,12 @@ def featurise(
 ) -> list[ArticleFeatures]:
     """Terms and blocking terms of many articles in one pass (input order kept)."""
     docs = list(docs)
-    return featurise_raw(docs, raw_term_frequencies(docs, params), df, n_docs, params)
+    raws = raw_term_frequencies(docs, params)
+    fm = featurise_matrix([d.id for d in docs], raws, df, n_docs, params)
+    return [
+        ArticleFeatures(d.id, frozenset(raws[d.id]), fm.blocking_terms(k), fm.weights(k))
+        for k, d in enumerate(docs)
+    ]
 
 
 def raw_term_frequencies(
@@ -356,36 +486,18 @@ def raw_term_frequencies(
 ) -> dict[str, dict[str, float]]:
     """Each article's raw (lead- and entity-weighted) term frequencies, by id: the one
     tokenising pass; its keys are the terms whose document frequency the caller looks up."""
-    featuriser = _Featuriser(params, {}, 0)
+    featuriser = _Featuriser(params)
     return {d.id: featuriser.raw(d.title, d.text) for d in docs}
-
-
-def featurise_raw(
-    docs: Iterable[StoryDoc],
-    raws: Mapping[str, Mapping[str, float]],
-    df: Mapping[str, int],
-    n_docs: int,
-    params: StoryParams,
-) -> list[ArticleFeatures]:
-    """:func:`featurise` from :func:`raw_term_frequencies` (no second tokenising pass)."""
-    featuriser = _Featuriser(params, df, n_docs)
-    out: list[ArticleFeatures] = []
-    for d in docs:
-        raw = raws[d.id]
-        w = featuriser.normalise(raw)
-        out.append(ArticleFeatures(d.id, frozenset(raw), tuple(blocking_terms(w, params)), w))
-    return out
 
 
 def pair_similarity(
     a: StoryDoc, b: StoryDoc, df: Mapping[str, int], n_docs: int, params: StoryParams
 ) -> float:
     """Cosine similarity of two articles' TF-IDF vectors (the same-story score)."""
-    wa = term_weights(a, df, n_docs, params)
-    wb = term_weights(b, df, n_docs, params)
-    if len(wb) < len(wa):
-        wa, wb = wb, wa
-    return sum(v * wb.get(t, 0.0) for t, v in wa.items())
+    featuriser = _Featuriser(params)
+    raws = {"a": featuriser.raw(a.title, a.text), "b": featuriser.raw(b.title, b.text)}
+    fm = featurise_matrix(["a", "b"], raws, df, n_docs, params)
+    return float(fm.rows[0].multiply(fm.rows[1]).sum())
 
 
 def _rep_key(doc: StoryDoc) -> tuple[int, datetime, int, str]:
@@ -428,22 +540,6 @@ class _UnionFind:
             self.parent[max(ri, rj)] = min(ri, rj)
 
 
-def _matrix(vectors: Sequence[Mapping[str, float]]) -> sp.csr_matrix:
-    vocab: dict[str, int] = {}
-    indptr = [0]
-    indices: list[int] = []
-    data: list[float] = []
-    add = vocab.setdefault
-    for vec in vectors:
-        indices.extend([add(t, len(vocab)) for t in vec])
-        data.extend(vec.values())
-        indptr.append(len(indices))
-    return sp.csr_matrix(
-        (np.asarray(data), np.asarray(indices, dtype=np.int64), np.asarray(indptr)),
-        shape=(len(vectors), max(len(vocab), 1)),
-    )
-
-
 def _average_linkage(sim: npt.NDArray[np.float64], threshold: float) -> list[int]:
     """Flat average-linkage clusters cut at ``threshold`` (labels in first-seen order)."""
     n = len(sim)
@@ -465,7 +561,7 @@ def assign_stories(
     n_docs: int,
     params: StoryParams | None = None,
     overrides: Overrides | None = None,
-    features: Mapping[str, ArticleFeatures] | None = None,
+    features: Mapping[str, ArticleFeatures] | FeatureMatrix | None = None,
 ) -> list[Assignment]:
     """Cluster new articles together with the stored articles they may join.
 
@@ -478,8 +574,9 @@ def assign_stories(
         n_docs: Number of documents ``df`` was counted over.
         params: Clustering parameters.
         overrides: Manual must-link / cannot-link pairs.
-        features: Output of :func:`featurise` by article id, computed with the same ``df``,
-            ``n_docs`` and ``params``; articles found here are not featurised again.
+        features: Output of :func:`featurise` by article id, or of :func:`featurise_matrix`,
+            computed with the same ``df``, ``n_docs`` and ``params``; articles found here are
+            not featurised again.
 
     Returns:
         One assignment per distinct input article, sorted by article id. Stored articles whose
@@ -495,12 +592,8 @@ def assign_stories(
     if n == 0:
         return []
     pos = {d: i for i, d in enumerate(ids)}
-    featuriser = _Featuriser(params, df, n_docs)
-    known = features or {}
-    weights = [
-        known[d.id].weights if d.id in known else featuriser.weights(d.title, d.text) for d in docs
-    ]
-    matrix = _matrix(weights)
+    fm = _feature_rows(docs, df, n_docs, params, features)
+    matrix = fm.rows
     must = {(pos[a], pos[b]) for a, b in overrides.pairs("must_link") if a in pos and b in pos}
     cannot = {(pos[a], pos[b]) for a, b in overrides.pairs("cannot_link") if a in pos and b in pos}
     cannot -= must
@@ -508,15 +601,12 @@ def assign_stories(
     times = [_epoch(d.time) for d in docs]
 
     # 1. candidate pairs through the blocking terms, 2. edges, 3. groups.
-    term_ids: dict[str, int] = {}
-    rows: list[int] = []
-    cols: list[int] = []
-    for i, w in enumerate(weights):
-        if mergeable[i]:
-            for t in blocking_terms(w, params):
-                rows.append(i)
-                cols.append(term_ids.setdefault(t, len(term_ids)))
-    shared = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, max(len(term_ids), 1)))
+    blocks = [fm.blocking[i] if mergeable[i] else np.empty(0, np.int64) for i in range(n)]
+    rows = np.repeat(np.arange(n), [len(b) for b in blocks])
+    cols = np.concatenate(blocks) if blocks else np.empty(0, np.int64)
+    shared = sp.csr_matrix(
+        (np.ones(len(rows)), (rows, cols)), shape=(n, max(len(fm.vocabulary), 1))
+    )
     pairs_coo = sp.triu(shared @ shared.T, k=1).tocoo()
     left = pairs_coo.row.astype(np.int64)
     right = pairs_coo.col.astype(np.int64)
@@ -547,6 +637,28 @@ def assign_stories(
     return sorted(out, key=lambda a: a.article_id)
 
 
+def _feature_rows(
+    docs: Sequence[StoryDoc],
+    df: Mapping[str, int],
+    n_docs: int,
+    params: StoryParams,
+    features: Mapping[str, ArticleFeatures] | FeatureMatrix | None,
+) -> FeatureMatrix:
+    """Feature rows of ``docs`` in their order: given ones reused, the others computed."""
+    if isinstance(features, FeatureMatrix):
+        vocabulary, parts = features.vocabulary, [features]
+        known = set(features.ids)
+    else:
+        vocabulary, given = Vocabulary(), [f for f in (features or {}).values()]
+        parts = [FeatureMatrix.from_features(given, vocabulary)] if given else []
+        known = {f.article_id for f in given}
+    rest = [d for d in docs if d.id not in known]
+    if rest:
+        raws = raw_term_frequencies(rest, params)
+        parts.append(featurise_matrix([d.id for d in rest], raws, df, n_docs, params, vocabulary))
+    return FeatureMatrix.stack(parts).take([d.id for d in docs])
+
+
 def _cluster_group(
     members: list[int],
     docs: Sequence[StoryDoc],
@@ -560,6 +672,11 @@ def _cluster_group(
 ) -> list[Assignment]:
     """Average-linkage clustering of one group (members sorted by id)."""
     group_id = docs[members[0]].id
+    if len(members) == 1:  # the common case, without the matrix work
+        g = members[0]
+        reason = "alone" if mergeable[g] else "merge_disabled"
+        return [Assignment(group_id, group_id, group_id, True, None, float(best[g]), 0.0,
+                           params.threshold, reason)]  # fmt: skip
     sub = matrix[members]
     sim = np.asarray((sub @ sub.T).todense(), dtype=np.float64)
     local = {g: k for k, g in enumerate(members)}
