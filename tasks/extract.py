@@ -12,8 +12,8 @@ import multiprocessing
 import os
 import re
 import zlib
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 import trafilatura
@@ -107,6 +107,29 @@ def _warm_worker() -> None:
     import trafilatura.core  # noqa: F401
 
 
+class PendingExtraction:
+    """A batch's extraction under way; calling it waits for the results, in order, once.
+
+    It lets go of the results when it hands them over: the ``extract`` task receives it as a
+    parameter, and Prefect keeps the parameters of every task run nested in ``source-<name>``
+    until that task ends (each in its transaction's rollback hook), so anything it still
+    held would live for the whole source.
+    """
+
+    def __init__(
+        self,
+        futures: list[Future[list[Extracted]]] | None = None,
+        done: list[Extracted] | None = None,
+    ) -> None:
+        self._futures = futures or []
+        self._done = done or []
+
+    def __call__(self) -> list[Extracted]:
+        out = self._done + [x for f in self._futures for x in f.result()]
+        self._futures, self._done = [], []
+        return out
+
+
 class Extractor:
     """A pool of extraction processes, started on first need and shared by a run."""
 
@@ -134,22 +157,20 @@ class Extractor:
             for _ in range(self.workers):
                 pool.submit(int)
 
-    def submit(
-        self, pages: Sequence[tuple[bytes | str, str | None]]
-    ) -> Callable[[], list[Extracted]]:
+    def submit(self, pages: Sequence[tuple[bytes | str, str | None]]) -> PendingExtraction:
         """Queue ``(page, url)`` pairs (raw bytes or decoded HTML) for extraction; the returned
         call waits for the results, in order. Few pages are extracted here and now (a round
         trip would cost more)."""
         jobs = [(html, url, self.opts) for html, url in pages]
         if len(jobs) < _INLINE_BELOW or self.workers == 1:
-            done = _extract_chunk(jobs)
-            return lambda: done
+            return PendingExtraction(done=_extract_chunk(jobs))
         pool = self._ensure_pool()
-        futures = [
-            pool.submit(_extract_chunk, jobs[i : i + self.CHUNK])
-            for i in range(0, len(jobs), self.CHUNK)
-        ]
-        return lambda: [x for f in futures for x in f.result()]
+        return PendingExtraction(
+            [
+                pool.submit(_extract_chunk, jobs[i : i + self.CHUNK])
+                for i in range(0, len(jobs), self.CHUNK)
+            ]
+        )
 
     def extract_many(self, pages: Sequence[tuple[bytes | str, str | None]]) -> list[Extracted]:
         """Extract ``(html, url)`` pairs, in order."""

@@ -11,7 +11,7 @@ on; anything else is logged at critical and re-raised.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from tasks.core.politeness import next_fetch_after_failure, next_fetch_after_suc
 from tasks.core.urls import canonicalize_url, entry_key
 from tasks.db import Warehouse
 from tasks.dedup import DedupResult, cluster_pending
-from tasks.extract import EXTRACTOR_VERSION, Extractor
+from tasks.extract import EXTRACTOR_VERSION, Extractor, PendingExtraction
 from tasks.fetch import Fetcher
 from tasks.files import FileScan, list_files, read_file
 
@@ -151,7 +151,16 @@ def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedLi
 
 # Page bodies and extracted texts go into the caller's ``sink``, never out as a task's result:
 # Prefect keeps every task result of a flow run alive until the run ends (to link upstream
-# dependencies), which made memory grow with the number of pages.
+# dependencies), which made memory grow with the number of pages. Parameters live as long:
+# a task run nested in ``source-<name>`` stays a child of that task's transaction (its
+# rollback hook holds the engine, which holds the parameters) until ``source-<name>`` ends.
+# So the caller empties every list it hands to a task once it has used it (``_release``).
+
+
+def _release(*handed: list[Any]) -> None:
+    """Empty lists that were a nested task's parameters, so the retained run holds nothing."""
+    for items in handed:
+        items.clear()
 
 
 @task(name="pages", task_run_name="pages-{source.name}", cache_policy=NO_CACHE)
@@ -167,7 +176,7 @@ def fetch_pages(
 def extract_pages(
     source: Source,
     ctx: RunContext,
-    extraction: Callable[[], list[Extracted]],
+    extraction: PendingExtraction,
     sink: list[Extracted],
 ) -> int:
     """Collect Trafilatura's results for a batch from the run's worker processes."""
@@ -215,10 +224,9 @@ class _Batch:
     ids: dict[str, str]
     todo: list[Candidate]
     errors: list[ItemError]
-    html_of: dict[str, bytes | str]
     problem_of: dict[str, str]
     jobs: list[Candidate]
-    extraction: Callable[[], list[Extracted]] | None
+    extraction: PendingExtraction | None
 
 
 def prepare_batch(
@@ -256,7 +264,8 @@ def prepare_batch(
     if to_fetch:
         t0 = time.perf_counter()
         results: list[HttpResult | FetchError] = []
-        fetch_pages(source, ctx, [c.url for c in to_fetch if c.url], results)
+        urls = [c.url for c in to_fetch if c.url]
+        fetch_pages(source, ctx, urls, results)
         for c, res in zip(to_fetch, results, strict=True):
             item = c.url or c.entry_key
             if isinstance(res, FetchError):
@@ -270,6 +279,7 @@ def prepare_batch(
                 errors.append(ItemError(source.name, item, "fetch", "not_html", ctype))
                 continue
             html_of[c.entry_key] = res.body
+        _release(results, urls)
         out.timed("fetch", t0)
     for c in todo:
         if c.html is not None:
@@ -278,7 +288,8 @@ def prepare_batch(
     extraction = (
         ctx.extractor.submit([(html_of[c.entry_key], c.url) for c in jobs]) if jobs else None
     )
-    return _Batch(linked, existing, ids, todo, errors, html_of, problem_of, jobs, extraction)
+    # The pool holds the pages until they are extracted; nothing else here needs them.
+    return _Batch(linked, existing, ids, todo, errors, problem_of, jobs, extraction)
 
 
 def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome) -> None:
@@ -290,6 +301,7 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
         extract_pages(source, ctx, b.extraction, results_x)
         out.timed("extract", t0)
         extracted = {c.entry_key: x for c, x in zip(b.jobs, results_x, strict=True)}
+        _release(results_x)
     now = datetime.now(UTC)
     articles: list[Article] = []
     built: set[str] = set()
@@ -323,6 +335,7 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     linked = [(c, aid) for c, aid in b.linked if aid in b.existing or aid in built]
     t0 = time.perf_counter()
     n_new, n_dup, n_err = load_batch(source, ctx, linked, articles, errors)
+    _release(linked, articles, errors)
     out.timed("load", t0)
     out.new_articles += n_new
     out.duplicates += n_dup
