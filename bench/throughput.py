@@ -10,6 +10,12 @@ change per copy (so dedup has real work), and a feed listing them (with an ETag)
    start) is reported apart from the flow's own time, with the stages in seconds;
 3. **warm**: ``newsflow run`` again: the feed answers 304, no page is fetched.
 
+Memory (``peak_rss_mb``): ``flow_process`` is the peak resident set of the ``newsflow run``
+process alone (its own ``ru_maxrss``); ``largest_worker`` the largest finished child's (an
+extraction worker); ``tree_sampled`` samples, every 0.2 s, the sum over the process and all
+its descendants (extraction workers and Prefect's ephemeral API server included) and keeps
+the peak, with ``parent_sampled`` the parent's share at the same samples.
+
     .venv/bin/python bench/throughput.py [--pages 2000] [--workers 2] [--skip-bare]
 
 Prints JSON (also written to bench/out/throughput-<pages>.json). Only loopback traffic.
@@ -25,6 +31,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
@@ -103,21 +110,71 @@ def bare(pages: list[tuple[str, bytes]], workers: int) -> dict[str, Any]:
     }
 
 
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _tree(root: int) -> list[int]:
+    """``root`` and its descendants (from /proc)."""
+    parent_of: dict[int, int] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent_of[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(c for c, p in parent_of.items() if p == pid)
+    return tree
+
+
+class TreeSampler(threading.Thread):
+    """Peak RSS of a process and of its whole tree, sampled every 0.2 s."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.stop = pid, threading.Event()
+        self.peak_tree_kb = self.peak_parent_kb = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.2):
+            sizes = [_rss_kb(p) for p in _tree(self.pid)]
+            self.peak_parent_kb = max(self.peak_parent_kb, sizes[0])
+            self.peak_tree_kb = max(self.peak_tree_kb, sum(sizes))
+
+
 def newsflow_run(cfg: Path) -> dict[str, Any]:
     env = dict(
         os.environ, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="WARNING"
     )
     t0 = time.perf_counter()
     started = datetime.now().astimezone()
-    proc = subprocess.run(
+    with subprocess.Popen(
         [str(ROOT / ".venv/bin/newsflow"), "run", "--config", str(cfg), "--json"],
-        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
+        stdout, stderr = proc.communicate()
+        sampler.stop.set()
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 1):
-        print(proc.stderr[-4000:], file=sys.stderr)
+        print(stderr[-4000:], file=sys.stderr)
         raise SystemExit(proc.returncode)
-    summary = json.loads(proc.stdout[proc.stdout.index("{") :])
+    summary = json.loads(stdout[stdout.index("{") :])
+    summary["peak_rss_mb"]["tree_sampled"] = sampler.peak_tree_kb / 1024
+    summary["peak_rss_mb"]["parent_sampled"] = sampler.peak_parent_kb / 1024
     import duckdb
 
     con = duckdb.connect(str(json.loads(json.dumps(summary["warehouse"]))), read_only=True)
