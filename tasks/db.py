@@ -449,8 +449,9 @@ class Warehouse:
 
         Incremental: only new articles are tokenized, in chunks of one transaction each (a
         chunk's documents and postings commit together), so an interrupted refresh leaves a
-        consistent index and the next one carries on. Postings rows are merged when due (or
-        now, with ``compact``). Returns how many articles were indexed.
+        consistent index and the next one carries on. The postings of small refreshes are
+        sorted by term once enough have piled up (or now, with ``compact``). Returns how many
+        articles were indexed.
         """
         with self.writer() as con:
             _load_fts(con)
@@ -458,11 +459,17 @@ class Warehouse:
                 con.execute("BEGIN")
                 con.execute("DELETE FROM search_docs")
                 con.execute("DELETE FROM search_postings")
+                _set_sorted_docs(con, 0)
                 con.execute("COMMIT")
-            if _count(con, "articles") == _count(con, "search_docs"):
+            indexed = _count(con, "search_docs")
+            new = _count(con, "articles") - indexed
+            if new <= 0:
                 if compact:
-                    _compact_postings(con, force=True)
+                    _sort_postings_tail(con)
                 return 0
+            # A refresh this big, after a sorted index, adds sorted runs of its own (each chunk
+            # is inserted in term order); smaller ones leave a tail to sort later.
+            runs_of_own = new >= _SORTED_RUN_DOCS and _sorted_docs(con) == indexed
             con.execute(
                 "CREATE OR REPLACE TEMP TABLE search_new AS "
                 "SELECT (SELECT coalesce(max(docid) + 1, 0) FROM search_docs) "
@@ -474,14 +481,19 @@ class Warehouse:
             first, last = (
                 (int(bounds[0]), int(bounds[1])) if bounds and bounds[0] is not None else (0, -1)
             )
+            n = last - first + 1
+            size = -(-n // max(1, -(-n // _INDEX_CHUNK)))  # equal chunks, _INDEX_CHUNK at most
             try:
-                for lo in range(first, last + 1, _INDEX_CHUNK):
-                    _index_chunk(con, lo, min(last, lo + _INDEX_CHUNK - 1))
-                _compact_postings(con, force=compact)
+                for lo in range(first, last + 1, size):
+                    _index_chunk(con, lo, min(last, lo + size - 1))
+                if runs_of_own:
+                    _set_sorted_docs(con, last + 1)
+                elif compact or last + 1 - _sorted_docs(con) >= _SORTED_RUN_DOCS:
+                    _sort_postings_tail(con)
             finally:
                 con.execute("DROP TABLE IF EXISTS search_new")
                 con.execute("DROP TABLE IF EXISTS search_chunk")
-            return last - first + 1
+            return n
 
     def stored_pages(
         self, sources: Sequence[str] | None
@@ -522,6 +534,7 @@ class Warehouse:
                 # the index (re-extraction is rare and costs far more than indexing).
                 con.execute("DELETE FROM search_docs")
                 con.execute("DELETE FROM search_postings")
+                _set_sorted_docs(con, 0)
             con.execute(
                 "UPDATE articles SET text = s.text, content_hash = s.content_hash, "
                 "extractor_version = s.extractor_version, text_origin = 'page', "
@@ -774,20 +787,27 @@ def _dup(
 
 def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, list[Any]]:
     """Articles ranked by BM25 relevance to ``words`` (the ``search_articles`` table macro of
-    migration 0007, over the index ``refresh_search_index`` maintains), duplicates left out.
+    migration 0010, over the index ``refresh_search_index`` maintains), duplicates left out.
 
-    Needs a connection with the fts extension loaded (for ``stem``), as readers have.
+    Reads the index only (``search_docs`` carries what is shown); equal scores at the cut
+    are taken in index order. Needs a connection with the fts extension loaded (for
+    ``stem``), as readers have.
     """
-    where = "WHERE a.source = ?" if source else ""
+    only = "AND docid IN (SELECT docid FROM search_docs WHERE source = ?)" if source else ""
     sql = f"""
-        SELECT a.article_id, round(s.score, 3) AS score, a.source, a.published_at, a.title, a.url
-        FROM search_articles(?) s JOIN articles a USING (article_id)
-        {where}
-        {"AND" if source else "WHERE"} NOT EXISTS (
-            SELECT 1 FROM duplicates x
-            WHERE x.article_id = s.article_id AND x.duplicate_of <> s.article_id)
-        ORDER BY s.score DESC, a.article_id
-        LIMIT ?
+        WITH top AS (
+            SELECT docid, score FROM search_articles(?)
+            WHERE docid NOT IN (
+                SELECT d.docid FROM duplicates x JOIN search_docs d USING (article_id)
+                WHERE x.duplicate_of <> x.article_id)
+            {only}
+            ORDER BY score DESC, docid
+            LIMIT ?
+        )
+        SELECT d.article_id, round(top.score, 3) AS score, d.source, d.published_at, d.title,
+               d.url
+        FROM top JOIN search_docs d USING (docid)
+        ORDER BY top.score DESC, d.article_id
     """
     params: list[Any] = [words, *([source] if source else []), limit]
     return sql, params
@@ -795,9 +815,8 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
 
 # Articles tokenized per transaction by ``refresh_search_index`` (bounds its memory).
 _INDEX_CHUNK = 100_000
-# Postings rows per distinct term above which a refresh merges each term's rows into one.
-_POSTINGS_ROWS_PER_TERM = 8
-_POSTINGS_ROWS_FLOOR = 200_000
+# Documents whose postings, appended in small refreshes, are sorted by term together.
+_SORTED_RUN_DOCS = 20_000
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
@@ -838,16 +857,20 @@ def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
         con.execute(
             """
             INSERT INTO search_docs
-            SELECT n.docid, n.article_id, coalesce(sum(c.tf), 0)::INTEGER
-            FROM search_new n LEFT JOIN search_chunk c USING (docid)
+            SELECT n.docid, n.article_id, coalesce(c.len, 0), a.source, a.published_at,
+                   a.title, a.url
+            FROM search_new n JOIN articles a USING (article_id)
+            LEFT JOIN (SELECT docid, sum(tf)::INTEGER AS len FROM search_chunk GROUP BY docid) c
+                USING (docid)
             WHERE n.docid BETWEEN $lo AND $hi
-            GROUP BY ALL
             """,
             {"lo": lo, "hi": hi},
         )
         con.execute(
-            "INSERT INTO search_postings SELECT term, list(docid ORDER BY docid), "
-            "list(tf ORDER BY docid) FROM search_chunk GROUP BY term ORDER BY term"
+            "INSERT INTO search_postings SELECT c.term, c.docid, c.tf, d.len "
+            "FROM search_chunk c JOIN search_docs d USING (docid) "
+            "WHERE d.docid BETWEEN $lo AND $hi ORDER BY c.term, c.docid",
+            {"lo": lo, "hi": hi},
         )
         con.execute("COMMIT")
     except Exception:
@@ -855,30 +878,33 @@ def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
         raise
 
 
-def _compact_postings(con: duckdb.DuckDBPyConnection, *, force: bool = False) -> None:
-    """Merge each term's postings rows into one when refreshes have left many per term.
+def _sorted_docs(con: duckdb.DuckDBPyConnection) -> int:
+    row = con.execute("SELECT value FROM writer_state WHERE key = 'search_sorted_docs'").fetchone()
+    return int(row[0]) if row else 0
 
-    Rows pile up by one per term per refresh; a query scans the term column of every row.
-    Merging costs a pass over all postings, so it waits until the rows are several times the
-    terms (amortised: rare, and then cheap per refresh).
-    """
-    if not force:
-        rows = _count(con, "search_postings")
-        if rows <= _POSTINGS_ROWS_FLOOR:
-            return
-        terms = con.execute("SELECT count(DISTINCT term) FROM search_postings").fetchone()
-        if not terms or rows <= _POSTINGS_ROWS_PER_TERM * int(terms[0]):
-            return
+
+def _set_sorted_docs(con: duckdb.DuckDBPyConnection, value: int) -> None:
+    con.execute("UPDATE writer_state SET value = ? WHERE key = 'search_sorted_docs'", [value])
+
+
+def _sort_postings_tail(con: duckdb.DuckDBPyConnection) -> None:
+    """Rewrite the postings of the documents indexed since the last sort in term order, as
+    one run, so that a query's scan skips its row groups but the few that hold its terms."""
+    since = _sorted_docs(con)
+    total = _count(con, "search_docs")
+    if total <= since:
+        return
     con.execute("BEGIN")
     try:
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE search_merged AS "
-            "SELECT term, flatten(list(docids ORDER BY docids[1])) AS docids, "
-            "flatten(list(tfs ORDER BY docids[1])) AS tfs FROM search_postings GROUP BY term"
+            "CREATE OR REPLACE TEMP TABLE search_tail AS "
+            "SELECT * FROM search_postings WHERE docid >= ? ORDER BY term, docid",
+            [since],
         )
-        con.execute("DELETE FROM search_postings")
-        con.execute("INSERT INTO search_postings SELECT * FROM search_merged ORDER BY term")
-        con.execute("DROP TABLE search_merged")
+        con.execute("DELETE FROM search_postings WHERE docid >= ?", [since])
+        con.execute("INSERT INTO search_postings SELECT * FROM search_tail ORDER BY term, docid")
+        con.execute("DROP TABLE search_tail")
+        _set_sorted_docs(con, total)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")

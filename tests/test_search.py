@@ -87,8 +87,7 @@ def test_an_incremental_index_ranks_as_one_built_from_scratch(wh):
 
     assert wh.refresh_search_index(rebuild=True) == len(FIRST_RUN) + len(SECOND_RUN)
     assert {q: search(wh, q) for q in queries} == incremental
-    wh.refresh_search_index(compact=True)  # one postings row per term: same answers
-    assert wh.query("SELECT count(*) = count(DISTINCT term) FROM search_postings")[1] == [(True,)]
+    wh.refresh_search_index(compact=True)  # postings rewritten in term order: same answers
     assert {q: search(wh, q) for q in queries} == incremental
 
 
