@@ -298,7 +298,9 @@ def _cluster_batch(
     t1 = time.perf_counter()
     result.seconds["near_duplicates"] += t1 - t0
     if settings.dedup.stories:
-        touched = _stories(con, rows, feats.raws, cache, policies, params, overrides, now)
+        touched = _stories(
+            con, rows, feats.raws, cache, policies, params, overrides, now, result.seconds
+        )
         result.stories_touched += touched
     else:
         _singletons(con, rows, now)
@@ -568,7 +570,9 @@ def _stories(
     params: stories.StoryParams,
     overrides: stories.Overrides,
     now: datetime,
+    seconds: dict[str, float],
 ) -> int:
+    t0 = time.perf_counter()
     new_docs = [_doc(r, policies) for r in rows]
     featured = _ids_in(
         con,
@@ -605,10 +609,17 @@ def _stories(
             {
                 "article_id": [d.id for d in fresh for _ in blocking[d.id]],
                 "term": [t for d in fresh for t in blocking[d.id]],
+                "article_time": pa.array(
+                    [d.time for d in fresh for _ in blocking[d.id]], pa.timestamp("us", tz="UTC")
+                ),
             },
         )
-        con.execute("INSERT INTO story_terms SELECT * FROM staged_terms")
+        con.execute(
+            "INSERT INTO story_terms SELECT article_id, term, article_time FROM staged_terms"
+        )
+    t1 = time.perf_counter()
     neighbours = _neighbours(con, new_docs, blocking, params, overrides, policies)
+    t2 = time.perf_counter()
     if neighbours:
         missing = [d for d in neighbours if d.id not in cache.data]
         n_raws = {d.id: cache.data[d.id] for d in neighbours if d.id in cache.data}
@@ -622,7 +633,9 @@ def _stories(
                 ),
             ]
         )
+    t3 = time.perf_counter()
     assignments = stories.assign_stories(new_docs, neighbours, df, n_docs, params, overrides, fm)
+    t4 = time.perf_counter()
     old_story = {d.id: d.story_id for d in neighbours}
     touched = {a.story_id for a in assignments} | {s for s in old_story.values() if s}
     _stage(
@@ -658,6 +671,11 @@ def _stories(
     con.execute("INSERT INTO story_articles SELECT * FROM changed_assign")
     con.execute("DROP TABLE changed_assign")
     _rebuild_stories(con, sorted(touched), now)
+    t5 = time.perf_counter()
+    for key, dt in (("stories_vocabulary", t1 - t0), ("stories_neighbours", t2 - t1),
+                    ("stories_featurise_neighbours", t3 - t2), ("stories_assign", t4 - t3),
+                    ("stories_write", t5 - t4)):  # fmt: skip
+        seconds[key] += dt
     return len(touched)
 
 
@@ -721,9 +739,8 @@ def _neighbours(
         WITH cand AS (
             SELECT DISTINCT t.article_id
             FROM staged_blocking n JOIN story_terms t USING (term)
-            JOIN articles a ON a.article_id = t.article_id
-            WHERE t.article_id NOT IN (SELECT article_id FROM batch_ids)
-              AND coalesce(a.published_at, a.fetched_at) BETWEEN ? AND ?
+            WHERE t.article_time BETWEEN ? AND ?
+              AND t.article_id NOT IN (SELECT article_id FROM batch_ids)
             UNION
             SELECT article_id FROM partner_ids
         )

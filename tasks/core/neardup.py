@@ -143,7 +143,7 @@ class NearDupPair:
 
 @dataclass
 class _WordHasher:
-    """Caches the 64-bit hash of each word within one batch (not shared across calls)."""
+    """Caches the 64-bit hash of each word."""
 
     seed: int
     cache: dict[str, int] = field(default_factory=dict)
@@ -160,9 +160,23 @@ class _WordHasher:
             return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
 
+_HASHERS: dict[int, _WordHasher] = {}
+_CACHE_LIMIT = 500_000
+
+
+def _hasher(seed: int) -> _WordHasher:
+    """This process's word hasher for ``seed`` (its cache is kept across calls, bounded)."""
+    h = _HASHERS.get(seed)
+    if h is None or len(h.cache) > _CACHE_LIMIT:
+        h = _HASHERS[seed] = _WordHasher(seed)
+    return h
+
+
 def normalise_words(text: str) -> list[str]:
     """Return the NFKC-normalised, lower-cased ``\\w+`` words of ``text``."""
-    return _WORD_RE.findall(unicodedata.normalize("NFKC", text).lower())
+    if not text.isascii():  # NFKC leaves ASCII as it is
+        text = unicodedata.normalize("NFKC", text)
+    return _WORD_RE.findall(text.lower())
 
 
 def _mix64(x: _U64) -> _U64:
@@ -250,7 +264,7 @@ def sketch_texts(texts: Iterable[str], params: NearDupParams) -> Sketches:
         texts: Texts to sketch (title and body as the caller sees fit; the same for all).
         params: Sketch parameters.
     """
-    hasher = _WordHasher(params.seed)
+    hasher = _hasher(params.seed)
     rows: list[npt.NDArray[np.uint32]] = []
     counts: list[int] = []
     for text in texts:
