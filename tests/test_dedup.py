@@ -240,3 +240,77 @@ def test_the_seed_pair_lands_in_one_story(tmp_path, make_config, db):
     assert len(seeds) == 2 and seeds[0] == seeds[1]
     members = db("SELECT count(*) FROM story_articles WHERE story_id = ?", [seeds[0][0]])
     assert members == [(2,)]  # no other article joins it
+
+
+WIRE = (
+    "The harbour authority of Kellswick said on Monday that its new tidal lock will open to "
+    "cargo barges in the first week of March, two months later than planned, after divers found "
+    "cracks in two of the twelve gate hinges during a final inspection. The authority's director, "
+    "Maren Oduya, told reporters that the hinges had been replaced at the supplier's cost and that "
+    "the delay would not raise the project's budget of 41 million crowns. Barge operators had "
+    "warned that a longer closure of the old lock would push freight onto the coast road, where "
+    "lorry traffic has doubled since the autumn. The lock, the largest built on the estuary in "
+    "sixty years, lets ships pass at any state of the tide and is meant to cut waiting times at "
+    "the harbour mouth by half. Test runs with empty barges are due to start in February."
+)
+
+
+def wire_copies() -> dict[str, dict[str, str]]:
+    """Three outlets' copies of one wire story (other headline, a dateline, a trimmed ending),
+    published an hour apart: the earliest is the canonical copy whatever order they arrive in."""
+    ending = WIRE.rsplit(" Test runs", 1)[0]
+    return {
+        "a": {"title": "Kellswick tidal lock delayed", "text": WIRE, "at": "2024-05-06T08:00:00Z"},
+        "b": {
+            "title": "Cracked hinges delay Kellswick lock",
+            "text": "KELLSWICK (Wire) - " + WIRE,
+            "at": "2024-05-06T09:00:00Z",
+        },
+        "c": {
+            "title": "Tidal lock opening pushed to March",
+            "text": ending,
+            "at": "2024-05-06T10:00:00Z",
+        },
+    }
+
+
+def near_links_in_runs(root: Path, runs: list[list[str]]) -> list[tuple[str, str, bool]]:
+    """Load the copies named in each run (one ``newsflow run`` each); return the near-duplicate
+    links as (copy, canonical, score >= threshold) by copy name."""
+    folder = root / "in"
+    folder.mkdir(parents=True)
+    cfg = write_config(
+        root / "c.toml", root / "n.duckdb", [{"name": "in", "kind": "files", "path": str(folder)}]
+    )
+    copies = wire_copies()
+    for k, names in enumerate(runs):
+        lines = [
+            json.dumps(
+                {"id": n, "url": f"https://wire.example/{n}", "title": copies[n]["title"],
+                 "text": copies[n]["text"], "published": copies[n]["at"]}
+            )
+            for n in names
+        ]  # fmt: skip
+        (folder / f"run{k}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        ingest(config_path=str(cfg))
+    con = duckdb.connect(str(root / "n.duckdb"), read_only=True)
+    rows = con.execute(
+        """
+        SELECT regexp_extract(a.url, '[^/]+$'), regexp_extract(c.url, '[^/]+$'),
+               d.score >= d.threshold
+        FROM duplicates d JOIN articles a USING (article_id)
+        JOIN articles c ON c.article_id = d.duplicate_of
+        WHERE d.level = 'near_duplicate' ORDER BY 1
+        """
+    ).fetchall()
+    con.close()
+    return rows
+
+
+def test_near_duplicate_groups_point_at_the_earliest_copy_in_any_order(tmp_path):
+    expected = [("b", "a", True), ("c", "a", True)]
+
+    assert near_links_in_runs(tmp_path / "once", [["a", "b", "c"]]) == expected
+    # The latest copy first: each earlier arrival takes the group over and the copies follow it.
+    assert near_links_in_runs(tmp_path / "backward", [["c"], ["b"], ["a"]]) == expected
+    assert near_links_in_runs(tmp_path / "mixed", [["b"], ["c", "a"]]) == expected
