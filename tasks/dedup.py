@@ -25,7 +25,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -49,6 +49,10 @@ join stays bounded however often a text recurs. Below the cap, results do not de
 
 POOL_FROM = 1000
 """Featurise in worker processes when at least this many articles are pending."""
+
+SESSION_BATCHES = 10
+"""Batches written through one connection before it is closed (and checkpointed), so that
+readers such as ``newsflow sql`` get a turn during a long clustering pass."""
 
 RAW_CACHE = 8000
 """Term frequencies kept in memory for articles of recent batches (the next batch's neighbours)."""
@@ -113,29 +117,40 @@ _ROW_SQL = """
 """
 
 
-def _pending_ids(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """Articles not yet clustered, oldest first."""
-    rows = con.execute(
+def _pending(con: duckdb.DuckDBPyConnection) -> list[tuple[int, str]]:
+    """``(rowid, article_id)`` of the articles not yet clustered, oldest first."""
+    return con.execute(
         """
-        SELECT a.article_id FROM articles a
+        SELECT a.rowid, a.article_id FROM articles a
         WHERE NOT EXISTS (SELECT 1 FROM story_articles s WHERE s.article_id = a.article_id)
         ORDER BY coalesce(a.published_at, a.fetched_at), a.article_id
         """
     ).fetchall()
-    return [r[0] for r in rows]
 
 
-def _read_rows(con: duckdb.DuckDBPyConnection, ids: Sequence[str]) -> list[tuple[Any, ...]]:
-    """The rows of ``ids`` still unclustered (another process may have clustered some), in order."""
-    _stage(con, "wanted_rows", {"article_id": ids, "k": range(len(ids))})
-    return con.execute(
-        _ROW_SQL
-        + """
-        JOIN wanted_rows w USING (article_id)
-        WHERE NOT EXISTS (SELECT 1 FROM story_articles s WHERE s.article_id = a.article_id)
-        ORDER BY w.k
-        """
-    ).fetchall()
+_UNCLUSTERED = "NOT EXISTS (SELECT 1 FROM story_articles s WHERE s.article_id = a.article_id)"
+
+
+def _read_rows(
+    con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[int, str]]
+) -> list[tuple[Any, ...]]:
+    """The rows of a batch still unclustered (another process may have clustered some), in
+    order. Read by rowid: a join on the ids would scan every article's text for each batch."""
+    wanted = {aid for _, aid in batch}
+    _stage(con, "wanted_rows", {"rid": pa.array([r for r, _ in batch], pa.int64())})
+    got = {
+        r[0]: r
+        for r in con.execute(
+            _ROW_SQL + f"WHERE a.rowid IN (SELECT rid FROM wanted_rows) AND {_UNCLUSTERED}"
+        ).fetchall()
+        if r[0] in wanted
+    }
+    missing = [aid for _, aid in batch if aid not in got]
+    if missing:  # moved rowids (row groups merged at a checkpoint), or clustered meanwhile
+        _stage(con, "wanted_ids", {"article_id": missing})
+        sql = _ROW_SQL + f"JOIN wanted_ids USING (article_id) WHERE {_UNCLUSTERED}"
+        got.update((r[0], r) for r in con.execute(sql).fetchall())
+    return [got[aid] for _, aid in batch if aid in got]
 
 
 # -- features (worker processes) --------------------------------------------------------------
@@ -223,12 +238,15 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     policies = _policies(settings)
     params = story_params(settings)
     with wh.writer() as con:
-        pending = _pending_ids(con)
+        pending = _pending(con)
     batches = [pending[k : k + batch_size] for k in range(0, len(pending), batch_size)]
     cache = _RawCache(RAW_CACHE)
-    with _feature_pool(len(pending), settings) as pool:
+    with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
         ahead: tuple[list[tuple[Any, ...]], Any] | None = None
         for k in range(len(batches)):
+            if k % SESSION_BATCHES == 0:  # one connection for a few batches, then readers' turn
+                session.close()
+                session.enter_context(wh.session())
             with wh.writer() as con:
                 t0 = time.perf_counter()
                 if ahead is None:
@@ -473,9 +491,9 @@ def _link_groups(
             "GROUP BY h.article_id"
         ).fetchall()
     }
-    groups = neardup.connected_groups(
-        (a, b if b in new_pos else root_of.get(b, b)) for a, b, _ in edges
-    )
+    # Edges to stored copies become edges to their roots (many collapse into one).
+    rooted = [(a, b if b in new_pos else root_of.get(b, b), s) for a, b, s in edges]
+    groups = neardup.connected_groups({(a, b) for a, b, _ in rooted})
     roots = sorted({x for g in groups for x in g if x not in new_pos})
     _stage(con, "root_ids", {"article_id": roots})
     root_meta = {
@@ -487,9 +505,8 @@ def _link_groups(
         ).fetchall()
     }
     top: dict[str, float] = {}  # best verified score of each new article and of each root
-    for a, b, s in edges:
-        for x in (a, b if b in new_pos else root_of.get(b, b)):
-            top[x] = max(top.get(x, 0.0), s)
+    for a, b, s in rooted:
+        top[a], top[b] = max(top.get(a, 0.0), s), max(top.get(b, 0.0), s)
 
     def rank(aid: str) -> tuple[Any, ...]:
         if aid in new_pos:
