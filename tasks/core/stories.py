@@ -405,11 +405,14 @@ def featurise_matrix(
     total = int(lengths.sum())
     cols = vocabulary.columns(chain.from_iterable(raws[i] for i in ids), total)
     tf = np.fromiter(chain.from_iterable(raws[i].values() for i in ids), np.float64, total)
-    uniq, inverse = np.unique(cols, return_inverse=True)
+    present = np.zeros(len(vocabulary), dtype=bool)
+    present[cols] = True
+    uniq = np.flatnonzero(present)  # the distinct columns, without sorting every term
     terms = vocabulary.terms()
     dfs = np.fromiter((df.get(terms[c], 0) for c in uniq.tolist()), np.float64, len(uniq))
-    idf = (np.log((n_docs + 1) / (dfs + 1)) + 1.0) ** params.idf_power
-    w = np.where(tf > 1.0, 1.0 + np.log(np.maximum(tf, 1.0)), tf) * idf[inverse]
+    idf = np.zeros(len(vocabulary))
+    idf[uniq] = (np.log((n_docs + 1) / (dfs + 1)) + 1.0) ** params.idf_power
+    w = np.where(tf > 1.0, 1.0 + np.log(np.maximum(tf, 1.0)), tf) * idf[cols]
     row_of = np.repeat(np.arange(len(ids)), lengths)
     norms = np.sqrt(np.bincount(row_of, weights=w * w, minlength=len(ids)))
     with np.errstate(divide="ignore", invalid="ignore"):
