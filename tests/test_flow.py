@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flows.ingest import ingest
 from tests.conftest import DATA
+from tests.support.fts_reference import extension_bm25
 from tests.support.httpserver import Route, TestServer
 
 RSS = "application/rss+xml; charset=utf-8"
@@ -394,7 +395,7 @@ def test_selected_sources_only(http_server, make_config, db):
 
 
 def test_search_index_is_refreshed_after_a_load(http_server, make_config, db, tmp_path: Path):
-    from tasks.db import Warehouse, open_connection, search_sql
+    from tasks.db import Warehouse, search_sql
 
     url = fixture_feed(http_server)
     cfg = make_config([{"name": "local", "kind": "feed", "url": url}])
@@ -406,19 +407,7 @@ def test_search_index_is_refreshed_after_a_load(http_server, make_config, db, tm
 
     assert rows[0][4] == "Allotment waiting list in Brayfield passes 400 names"
     # Our incremental index scores exactly as the fts extension's own index and BM25 macro.
-    con = open_connection(tmp_path / "news.duckdb", read_only=False)
-    try:
-        con.execute(
-            "PRAGMA create_fts_index('articles', 'article_id', 'title', 'text', "
-            "stemmer = 'porter', stopwords = 'english', strip_accents = 1, lower = 1)"
-        )
-        ref = con.execute(
-            "SELECT article_id, round(fts_main_articles.match_bm25(article_id, ?), 3) AS s "
-            "FROM articles WHERE s IS NOT NULL ORDER BY s DESC, article_id LIMIT 3",
-            ["allotment waiting list"],
-        ).fetchall()
-    finally:
-        con.close()
+    ref = extension_bm25(tmp_path / "news.duckdb", "allotment waiting list")[:3]
     assert [(r[0], r[1]) for r in rows] == ref
 
 

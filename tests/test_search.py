@@ -11,7 +11,8 @@ import pytest
 
 from tasks.core.models import Article, Candidate
 from tasks.core.text import content_hash
-from tasks.db import Warehouse, open_connection, search_sql
+from tasks.db import Warehouse, search_sql
+from tests.support.fts_reference import extension_bm25
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
 
@@ -100,19 +101,7 @@ def test_scores_are_the_fts_extension_bm25(wh, tmp_path, words):
     wh.refresh_search_index()
     ours = sorted((aid, score) for aid, score, _ in search(wh, words, limit=100))
 
-    con = open_connection(tmp_path / "news.duckdb", read_only=False)
-    try:
-        con.execute(
-            "PRAGMA create_fts_index('articles', 'article_id', 'title', 'text', "
-            "stemmer = 'porter', stopwords = 'english', strip_accents = 1, lower = 1)"
-        )
-        ref = con.execute(
-            "SELECT article_id, round(fts_main_articles.match_bm25(article_id, ?), 3) AS s "
-            "FROM articles WHERE s IS NOT NULL ORDER BY article_id",
-            [words],
-        ).fetchall()
-    finally:
-        con.close()
+    ref = sorted(extension_bm25(tmp_path / "news.duckdb", words))
     assert ours == ref
 
 
