@@ -590,7 +590,12 @@ def _stories(
     seconds: dict[str, float],
 ) -> int:
     t0 = time.perf_counter()
-    new_docs = [_doc(r, policies) for r in rows]
+    copy_of = _exact_originals(con, rows, params.window)
+    new_docs = [_doc(r, policies) for r in rows if r[0] not in copy_of]
+    if not new_docs:  # only copies of clustered articles
+        touched = _follow_originals(con, copy_of, [], params, now)
+        _rebuild_stories(con, sorted(touched), now)
+        return len(touched)
     featured = _ids_in(
         con,
         "SELECT article_id FROM ids_in JOIN story_featured USING (article_id)",
@@ -687,6 +692,8 @@ def _stories(
     )
     con.execute("INSERT INTO story_articles SELECT * FROM changed_assign")
     con.execute("DROP TABLE changed_assign")
+    assigned = [a.article_id for a in assignments]
+    touched |= _follow_originals(con, copy_of, assigned, params, now)
     _rebuild_stories(con, sorted(touched), now)
     t5 = time.perf_counter()
     for key, dt in (("stories_vocabulary", t1 - t0), ("stories_neighbours", t2 - t1),
@@ -694,6 +701,84 @@ def _stories(
                     ("stories_write", t5 - t4)):  # fmt: skip
         seconds[key] += dt
     return len(touched)
+
+
+def _exact_originals(
+    con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], window: timedelta
+) -> dict[str, str]:
+    """Exact copies in the batch (same text or canonical URL as an earlier article) whose
+    original is clustered or in the batch and within the window: copy -> original. Such a copy
+    is not clustered again; it joins its original's story (clustering every copy of a text
+    republished a hundred times re-clusters ever larger groups of identical articles). A copy
+    from outside the window is clustered like any article."""
+    batch = {r[0]: _naive(r[3]) or _naive(r[4]) for r in rows}
+    _stage(con, "ids_in", {"article_id": list(batch)})
+    pairs = {
+        c: (o, _naive(t))
+        for c, o, t in con.execute(
+            "SELECT d.article_id, min(d.duplicate_of), "
+            "any_value(coalesce(a.published_at, a.fetched_at)) FROM ids_in "
+            "JOIN duplicates d USING (article_id) JOIN articles a ON a.article_id = d.duplicate_of "
+            "WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of "
+            "GROUP BY d.article_id"
+        ).fetchall()
+    }
+    if not pairs:
+        return {}
+    clustered = _ids_in(
+        con,
+        "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
+        sorted({o for o, _ in pairs.values()}),
+    )
+
+    def near_in_time(copy: str, t: datetime | None) -> bool:
+        c = batch[copy]
+        return c is None or t is None or abs(c - t) <= window
+
+    return {
+        c: o
+        for c, (o, t) in pairs.items()
+        if o not in pairs and (o in clustered or o in batch) and near_in_time(c, t)
+    }
+
+
+def _follow_originals(
+    con: duckdb.DuckDBPyConnection,
+    copy_of: Mapping[str, str],
+    assigned: Sequence[str],
+    params: stories.StoryParams,
+    now: datetime,
+) -> set[str]:
+    """File the batch's exact copies under their originals' stories, and move every stored
+    copy whose original's story or group changed in this batch. Returns the stories touched."""
+    _stage(con, "staged_copies", {"article_id": list(copy_of), "original": list(copy_of.values())})
+    _stage(con, "assigned_ids", {"article_id": list(assigned)})
+    con.execute(
+        "DELETE FROM story_articles WHERE article_id IN (SELECT article_id FROM staged_copies)"
+    )
+    con.execute(
+        """
+        INSERT INTO story_articles
+        SELECT c.article_id, o.story_id, o.group_id, false, c.original, 1.0, 1.0, ?,
+               'duplicate', ?
+        FROM staged_copies c JOIN story_articles o ON o.article_id = c.original
+        """,
+        [params.threshold, now],
+    )
+    con.execute(
+        """
+        UPDATE story_articles SET story_id = o.story_id, group_id = o.group_id
+        FROM story_articles o JOIN assigned_ids USING (article_id)
+        WHERE story_articles.reason = 'duplicate' AND story_articles.linked_to = o.article_id
+          AND (story_articles.story_id <> o.story_id OR story_articles.group_id <> o.group_id)
+        """
+    )
+    return {
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT s.story_id FROM staged_copies JOIN story_articles s USING (article_id)"
+        ).fetchall()
+    }
 
 
 def _lookup_df(con: duckdb.DuckDBPyConnection, terms: set[str]) -> dict[str, int]:
@@ -774,7 +859,7 @@ def _neighbours(
         SELECT a.article_id, coalesce(a.title, ''), a.text, a.published_at, a.fetched_at,
                a.source, s.story_id, s.group_id
         FROM story_articles s JOIN group_ids USING (group_id) JOIN articles a USING (article_id)
-        WHERE s.article_id NOT IN (SELECT article_id FROM batch_ids)
+        WHERE s.article_id NOT IN (SELECT article_id FROM batch_ids) AND s.reason <> 'duplicate'
         ORDER BY a.article_id
         """
     ).fetchall()

@@ -314,3 +314,41 @@ def test_near_duplicate_groups_point_at_the_earliest_copy_in_any_order(tmp_path)
     # The latest copy first: each earlier arrival takes the group over and the copies follow it.
     assert near_links_in_runs(tmp_path / "backward", [["c"], ["b"], ["a"]]) == expected
     assert near_links_in_runs(tmp_path / "mixed", [["b"], ["c", "a"]]) == expected
+
+
+def test_an_exact_copy_joins_its_originals_story_and_follows_it(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    cfg = write_config(
+        tmp_path / "c.toml",
+        tmp_path / "n.duckdb",
+        [{"name": "in", "kind": "files", "path": str(folder)}],
+    )
+    dateline = "KELLSWICK (Wire) - " + WIRE
+    runs = [
+        [("orig", WIRE, "2024-05-06T08:00:00Z"), ("copy", WIRE, "2024-05-06T09:00:00Z")],
+        [("early", dateline, "2024-05-06T07:00:00Z")],  # an earlier report: the story moves to it
+    ]
+    for k, run in enumerate(runs):
+        lines = [
+            json.dumps({"id": n, "url": f"https://wire.example/{n}", "title": f"Lock delayed ({n})",
+                        "text": text, "published": at})
+            for n, text, at in run
+        ]  # fmt: skip
+        (folder / f"run{k}.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        ingest(config_path=str(cfg))
+    con = duckdb.connect(str(tmp_path / "n.duckdb"), read_only=True)
+    rows = con.execute(
+        """
+        SELECT regexp_extract(a.url, '[^/]+$'), regexp_extract(r.url, '[^/]+$'), s.reason,
+               regexp_extract(l.url, '[^/]+$'), n.n_articles
+        FROM story_articles s JOIN articles a USING (article_id)
+        JOIN articles r ON r.article_id = s.story_id
+        LEFT JOIN articles l ON l.article_id = s.linked_to
+        JOIN stories n USING (story_id) ORDER BY 1
+        """
+    ).fetchall()
+    con.close()
+    # The copy is filed under its original (not clustered again) and moves with its story.
+    assert ("copy", "early", "duplicate", "orig", 3) in rows
+    assert {r[1] for r in rows} == {"early"}
