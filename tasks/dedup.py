@@ -231,8 +231,9 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     """Near-duplicate and story-cluster every article not yet clustered.
 
     Batches of ``batch_size`` articles, oldest first, each in one transaction: an interrupted
-    run keeps the batches it finished. The next batch's features are computed in worker
-    processes while the writer stores this one.
+    run keeps the batches it finished. ``SESSION_BATCHES`` batches share one writer connection
+    (no checkpoint between them). With ``POOL_FROM`` or more pending articles, the next batch's
+    features are computed in worker processes while the writer stores this one.
     """
     result = DedupResult()
     policies = _policies(settings)
