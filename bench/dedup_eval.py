@@ -294,23 +294,6 @@ def run_pipeline(
 # --- reading the warehouse -------------------------------------------------------------------
 
 
-def _union_find(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        parent.setdefault(x, x)
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in edges:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return {x: find(x) for x in list(parent)}
-
-
 @dataclass
 class Warehouse:
     """What the pipeline decided, keyed by eval id (the JSONL ``id``)."""
@@ -343,7 +326,10 @@ class Warehouse:
 
     def dup_groups(self, levels: Sequence[str] = EXACT_AND_NEAR) -> dict[str, str]:
         """Article id -> root of its group of copies (links at ``levels``)."""
-        return _union_find((a, b) for a, b, lev, _ in self.duplicates if lev in levels)
+        groups = neardup.connected_groups(
+            (a, b) for a, b, lev, _ in self.duplicates if lev in levels
+        )
+        return {x: g[0] for g in groups for x in g}  # the root is the group's smallest id
 
     def similarity(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """The pipeline's same-story score of eval-id pairs: ``stories.pair_similarity`` on the
