@@ -452,11 +452,12 @@ def _near_duplicates(
     split = overrides.pairs("cannot_link")
     thr = NEAR_PARAMS.threshold
     edges: list[tuple[str, str, float]] = []
+    s_hit, i_hit = s_score >= thr, i_score >= thr
     for a, b, s in (
-        *zip((ids[i] for i in si[s_score >= thr]), (old_rows[j][0] for j in sj[s_score >= thr]),
-             s_score[s_score >= thr].tolist(), strict=True),
-        *zip((ids[i] for i in ii[i_score >= thr]), (ids[j] for j in ij[i_score >= thr]),
-             i_score[i_score >= thr].tolist(), strict=True),
+        *zip((ids[i] for i in si[s_hit]), (old_rows[j][0] for j in sj[s_hit]),
+             s_score[s_hit].tolist(), strict=True),
+        *zip((ids[i] for i in ii[i_hit]), (ids[j] for j in ij[i_hit]),
+             i_score[i_hit].tolist(), strict=True),
     ):  # fmt: skip
         if (min(a, b), max(a, b)) not in split:
             edges.append((a, b, s))
@@ -718,7 +719,7 @@ def _exact_originals(
         c: (o, _naive(t))
         for c, o, t in con.execute(
             "SELECT d.article_id, min(d.duplicate_of), "
-            "any_value(coalesce(a.published_at, a.fetched_at)) FROM ids_in "
+            "arg_min(coalesce(a.published_at, a.fetched_at), d.duplicate_of) FROM ids_in "
             "JOIN duplicates d USING (article_id) JOIN articles a ON a.article_id = d.duplicate_of "
             "WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of "
             "GROUP BY d.article_id"
