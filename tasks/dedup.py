@@ -32,7 +32,10 @@ from typing import Any
 
 import duckdb
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
+from scipy import sparse
+from scipy.sparse import csgraph
 
 from config.settings import Settings
 from tasks.core import neardup, stories
@@ -435,43 +438,69 @@ def _near_duplicates(
     # Verify: old candidates' sketches are read once, then every pair is scored in one go.
     old_ids = sorted(set(stored["article_id"].tolist()))
     _stage(con, "old_ids", {"article_id": old_ids})
-    old_rows = con.execute(
+    old_tab = con.execute(
         "SELECT s.article_id, s.signature, s.n_shingles FROM old_ids "
         "JOIN near_signatures s USING (article_id)"
-    ).fetchall()
-    old_pos = {r[0]: k for k, r in enumerate(old_rows)}
+    ).fetch_arrow_table()
+    old_names = old_tab["article_id"].to_pylist()
+    old_pos = {a: k for k, a in enumerate(old_names)}
     old_sk = neardup.Sketches.from_blobs(
-        [r[1] for r in old_rows], [r[2] for r in old_rows], NEAR_PARAMS.num_bins
+        old_tab["signature"].to_pylist(), old_tab["n_shingles"].to_numpy(), NEAR_PARAMS.num_bins
     )
-    keep = np.asarray([a in old_pos for a in stored["article_id"].tolist()], dtype=bool)
-    si = stored["i"][keep].astype(np.intp)
-    sj = np.asarray([old_pos[a] for a in stored["article_id"][keep].tolist()], dtype=np.intp)
+    sj_all = np.asarray([old_pos.get(a, -1) for a in stored["article_id"].tolist()], np.intp)
+    keep = sj_all >= 0
+    si, sj = stored["i"][keep].astype(np.intp), sj_all[keep]
     s_score = neardup.similarity_rows(sk, si, old_sk, sj, NEAR_PARAMS)
     ii, ij = inner["i"].astype(np.intp), inner["j"].astype(np.intp)
     i_score = neardup.similarity_rows(sk, ii, sk, ij, NEAR_PARAMS)
-    split = overrides.pairs("cannot_link")
     thr = NEAR_PARAMS.threshold
-    edges: list[tuple[str, str, float]] = []
     s_hit, i_hit = s_score >= thr, i_score >= thr
-    for a, b, s in (
-        *zip((ids[i] for i in si[s_hit]), (old_rows[j][0] for j in sj[s_hit]),
-             s_score[s_hit].tolist(), strict=True),
-        *zip((ids[i] for i in ii[i_hit]), (ids[j] for j in ij[i_hit]),
-             i_score[i_hit].tolist(), strict=True),
-    ):  # fmt: skip
-        if (min(a, b), max(a, b)) not in split:
-            edges.append((a, b, s))
-    if not edges:
+    edges = _Edges(
+        new=np.concatenate([si[s_hit], ii[i_hit]]),
+        other=np.concatenate([sj[s_hit], ij[i_hit]]),
+        stored=np.concatenate([np.ones(int(s_hit.sum()), bool), np.zeros(int(i_hit.sum()), bool)]),
+        score=np.concatenate([s_score[s_hit], i_score[i_hit]]),
+    )
+    split = overrides.pairs("cannot_link")
+    if split and len(edges.new):  # manual splits: those pairs are never linked
+        names = [
+            old_names[o] if st else ids[o] for o, st in zip(edges.other, edges.stored, strict=True)
+        ]
+        edges = edges.where(
+            np.asarray(
+                [
+                    (min(ids[a], b), max(ids[a], b)) not in split
+                    for a, b in zip(edges.new, names, strict=True)
+                ],
+                dtype=bool,
+            )
+        )
+    if not len(edges.new):
         return 0
-    return _link_groups(con, rows, todo, sk, edges, policies, now)
+    return _link_groups(con, rows, sk, old_names, edges, policies, now)
+
+
+@dataclass(frozen=True)
+class _Edges:
+    """Verified near-duplicate pairs of a batch: new article ``new[k]`` (a row of the batch)
+    with ``other[k]``, a stored article (an index into the stored candidates) when
+    ``stored[k]``, else another row of the batch."""
+
+    new: npt.NDArray[np.intp]
+    other: npt.NDArray[np.intp]
+    stored: npt.NDArray[np.bool_]
+    score: npt.NDArray[np.float64]
+
+    def where(self, mask: npt.NDArray[np.bool_]) -> _Edges:
+        return _Edges(self.new[mask], self.other[mask], self.stored[mask], self.score[mask])
 
 
 def _link_groups(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[Any, ...]],
-    todo: list[int],
     sk: neardup.Sketches,
-    edges: list[tuple[str, str, float]],
+    old_names: Sequence[str],
+    edges: _Edges,
     policies: Mapping[str, SourcePolicy],
     now: datetime,
 ) -> int:
@@ -481,102 +510,116 @@ def _link_groups(
     articles and the roots they reach form connected groups; each group's canonical copy is the
     earliest of them. New copies link to it; a root that loses its place is linked to it and its
     members re-pointed. Nothing else is rewritten, so a batch costs what it adds.
+
+    Nodes are integers: the batch's rows ``0..n-1``, then the roots ``n..``.
     """
-    new_pos = {rows[k][0]: k for k in todo}  # new to near-duplicate detection
-    old_ids = sorted({b for _, b, _ in edges if b not in new_pos})
-    _stage(con, "hit_ids", {"article_id": old_ids})
-    root_of = {
-        a: d or a
-        for a, d in con.execute(
-            "SELECT h.article_id, any_value(d.duplicate_of) FROM hit_ids h "
-            "LEFT JOIN duplicates d ON d.article_id = h.article_id AND d.level = 'near_duplicate' "
-            "GROUP BY h.article_id"
-        ).fetchall()
-    }
+    n = len(rows)
+    hit = np.unique(edges.other[edges.stored])
+    _stage(con, "hit_ids", {"article_id": [old_names[k] for k in hit]})
+    root_tab = con.execute(
+        "SELECT h.article_id, coalesce(any_value(d.duplicate_of), h.article_id) AS root "
+        "FROM hit_ids h LEFT JOIN duplicates d "
+        "ON d.article_id = h.article_id AND d.level = 'near_duplicate' GROUP BY h.article_id"
+    ).fetch_arrow_table()
+    root_of = dict(
+        zip(root_tab["article_id"].to_pylist(), root_tab["root"].to_pylist(), strict=True)
+    )
+    roots = sorted(set(root_of.values()))
+    root_pos = {r: n + k for k, r in enumerate(roots)}
     # Edges to stored copies become edges to their roots (many collapse into one).
-    rooted = [(a, b if b in new_pos else root_of.get(b, b), s) for a, b, s in edges]
-    groups = neardup.connected_groups({(a, b) for a, b, _ in rooted})
-    roots = sorted({x for g in groups for x in g if x not in new_pos})
+    hit_node = np.zeros(len(old_names), np.intp)
+    hit_node[hit] = [root_pos[root_of[old_names[k]]] for k in hit]
+    src = edges.new
+    dst = edges.other.copy()
+    dst[edges.stored] = hit_node[edges.other[edges.stored]]
+    size = n + len(roots)
+    top = np.zeros(size)  # best verified score of each node
+    np.maximum.at(top, src, edges.score)
+    np.maximum.at(top, dst, edges.score)
+    graph = sparse.coo_matrix((np.ones(len(src)), (src, dst)), shape=(size, size))
+    _, label = csgraph.connected_components(graph, directed=False)
+
     _stage(con, "root_ids", {"article_id": roots})
-    root_meta = {
-        r[0]: r[1:]
-        for r in con.execute(
-            "SELECT a.article_id, a.published_at, a.fetched_at, a.source, a.entry_key, "
-            "s.signature, s.n_shingles FROM root_ids JOIN articles a USING (article_id) "
-            "LEFT JOIN near_signatures s USING (article_id)"
-        ).fetchall()
-    }
-    top: dict[str, float] = {}  # best verified score of each new article and of each root
-    for a, b, s in rooted:
-        top[a], top[b] = max(top.get(a, 0.0), s), max(top.get(b, 0.0), s)
-
-    def rank(aid: str) -> tuple[Any, ...]:
-        if aid in new_pos:
-            r = rows[new_pos[aid]]
-            return _rank(r[3], r[4], r[5], policies, aid)
-        published, fetched, source = root_meta[aid][:3]
-        return _rank(published, fetched, source, policies, aid)
-
-    # New articles' and roots' sketches side by side, to score each member with its canonical.
-    signed = [r for r in roots if r in root_meta and root_meta[r][4] is not None]
-    root_sk = neardup.Sketches.from_blobs(
-        [root_meta[r][4] for r in signed], [root_meta[r][5] for r in signed], NEAR_PARAMS.num_bins
-    )
+    meta = con.execute(
+        "SELECT r.article_id, timezone('UTC', a.published_at), timezone('UTC', a.fetched_at), "
+        "a.source, a.entry_key, s.signature, s.n_shingles FROM root_ids r "
+        "JOIN articles a USING (article_id) LEFT JOIN near_signatures s USING (article_id)"
+    ).fetchall()
+    names = [r[0] for r in rows] + roots
+    sources = [r[5] for r in rows] + [""] * len(roots)
+    entry_keys = [r[6] for r in rows] + [""] * len(roots)
+    valid = np.zeros(size, bool)  # a root missing from articles takes no part
+    valid[:n] = True
+    blobs = [b"\0" * 4 * NEAR_PARAMS.num_bins] * len(roots)
+    n_shingles = np.zeros(len(roots), np.int64)  # no sketch: no direct score
+    ranks: dict[int, tuple[Any, ...]] = {}
+    for aid, published, fetched, source, entry_key, blob, count in meta:
+        node = root_pos[aid]
+        valid[node] = True
+        sources[node], entry_keys[node] = source, entry_key
+        ranks[node] = _rank(published, fetched, source, policies, aid)
+        if blob is not None:
+            blobs[node - n], n_shingles[node - n] = blob, count
     both = neardup.Sketches(
-        np.vstack([sk.values, root_sk.values]), np.concatenate([sk.n_shingles, root_sk.n_shingles])
+        np.vstack([sk.values, neardup.Sketches.from_blobs(blobs, [], NEAR_PARAMS.num_bins).values]),
+        np.concatenate([sk.n_shingles, n_shingles]),
     )
-    at = {r: len(sk) + k for k, r in enumerate(signed)} | new_pos
-    pairs: list[tuple[str, str]] = []
-    for members in groups:
-        members = [m for m in members if m in new_pos or m in root_meta]
-        if len(members) >= 2:
-            canonical = min(members, key=rank)
-            pairs += [(m, canonical) for m in members if m != canonical]
-    direct = neardup.similarity_rows(
-        both, np.asarray([at.get(m, 0) for m, _ in pairs], dtype=np.intp),
-        both, np.asarray([at.get(c, 0) for _, c in pairs], dtype=np.intp), NEAR_PARAMS,
-    ).tolist()  # fmt: skip
-    links: list[dict[str, Any]] = []
-    repoint: dict[str, str] = {}
-    for (m, canonical), d in zip(pairs, direct, strict=True):
-        d = d if m in at and canonical in at else 0.0
-        # Its score with the canonical copy, else with its closest copy in the group.
-        score = d if d >= NEAR_PARAMS.threshold else top.get(m, d)
-        if m in new_pos:
-            source, entry_key = rows[new_pos[m]][5], rows[new_pos[m]][6]
-        else:
-            source, entry_key = root_meta[m][2:4]
-            repoint[m] = canonical
-        links.append(
-            {
-                "source": source,
-                "entry_key": entry_key,
-                "article_id": m,
-                "duplicate_of": canonical,
-                "level": "near_duplicate",
-                "score": round(score, 4),
-                "threshold": NEAR_PARAMS.threshold,
-                "detected_at": now,
-                "run_id": None,
-            }
+    # Each group of two or more valid members: its canonical copy is its first by rank.
+    linked = np.zeros(size, bool)
+    linked[src], linked[dst] = True, True
+    members = np.flatnonzero(linked & valid)
+    big = np.bincount(label[members], minlength=size) >= 2
+    members = members[big[label[members]]]
+    if not len(members):
+        return 0
+    for node in members[members < n]:
+        r = rows[node]
+        ranks[int(node)] = _rank(r[3], r[4], r[5], policies, r[0])
+    order = sorted(members.tolist(), key=ranks.__getitem__)
+    canonical_of = np.full(size, -1, np.intp)
+    for node in reversed(order):  # the first in rank order wins
+        canonical_of[label[node]] = node
+    canonical = canonical_of[label[members]]
+    m, c = members[members != canonical], canonical[members != canonical]
+    direct = neardup.similarity_rows(both, m, both, c, NEAR_PARAMS)
+    # Its score with the canonical copy, else with its closest copy in the group.
+    score = np.where(direct >= NEAR_PARAMS.threshold, direct, top[m])
+    name_arr = pa.array(names, pa.string())
+    take = pa.array(m)
+    links = pa.table(
+        {
+            "source": pa.array(sources, pa.string()).take(take),
+            "entry_key": pa.array(entry_keys, pa.string()).take(take),
+            "article_id": name_arr.take(take),
+            "duplicate_of": name_arr.take(pa.array(c)),
+            "level": pa.array(["near_duplicate"] * len(m), pa.string()),
+            "score": pa.array(np.round(score, 4)),
+            "threshold": pa.array([NEAR_PARAMS.threshold] * len(m), pa.float64()),
+            "detected_at": pa.array([now] * len(m), pa.timestamp("us", tz="UTC")),
+            "run_id": pa.array([None] * len(m), pa.string()),
+        }
+    )
+    moved = m >= n  # a new, earlier copy takes a stored group's place: its members follow
+    if moved.any():
+        _stage(
+            con,
+            "repoint",
+            {"old": name_arr.take(pa.array(m[moved])), "new": name_arr.take(pa.array(c[moved]))},
         )
-    if repoint:  # a new, earlier copy takes a stored group's place: its members follow
-        _stage(con, "repoint", {"old": list(repoint), "new": list(repoint.values())})
         con.execute(
             "UPDATE duplicates SET duplicate_of = r.new FROM repoint r "
             "WHERE duplicates.level = 'near_duplicate' AND duplicates.duplicate_of = r.old"
         )
-    if links:
-        con.register("staged_near", pa.Table.from_pylist(links))
-        con.execute(
-            """
-            INSERT INTO duplicates BY NAME
-            SELECT * FROM staged_near s
-            WHERE NOT EXISTS (SELECT 1 FROM duplicates d
-                              WHERE d.source = s.source AND d.entry_key = s.entry_key)
-            """
-        )
-    return sum(1 for r in links if r["article_id"] in new_pos)
+    con.register("staged_near", links)
+    con.execute(
+        """
+        INSERT INTO duplicates BY NAME
+        SELECT * FROM staged_near s
+        WHERE NOT EXISTS (SELECT 1 FROM duplicates d
+                          WHERE d.source = s.source AND d.entry_key = s.entry_key)
+        """
+    )
+    return int(np.count_nonzero(~moved))
 
 
 # -- stories ---------------------------------------------------------------------------------
