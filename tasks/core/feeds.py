@@ -130,7 +130,7 @@ def _entry_from_feedparser(e: Mapping[str, Any], base: str) -> FeedEntry:
         title = html_to_text(title) or None
     return FeedEntry(
         guid=_str(e.get("id")),
-        url=urljoin(base, link) if link else None,
+        url=_join(base, link),
         title=title,
         summary=summary,
         content=content,
@@ -139,6 +139,17 @@ def _entry_from_feedparser(e: Mapping[str, Any], base: str) -> FeedEntry:
         published_at=_struct_to_dt(_plain(e, "published_parsed") or _plain(e, "updated_parsed")),
         tags=tuple(t["term"] for t in e.get("tags", []) if t.get("term")),
     )
+
+
+def _join(base: str, link: str | None) -> str | None:
+    """``link`` resolved against ``base``; an unparseable link (``http://[oops/``) is no link:
+    the entry keeps its other fields, and its identity falls back to its GUID or title."""
+    if not link:
+        return None
+    try:
+        return urljoin(base, link)
+    except ValueError:
+        return None
 
 
 def _parse_json_feed(body: bytes, url: str, source: str) -> ParsedFeed:
@@ -168,7 +179,7 @@ def _parse_json_feed(body: bytes, url: str, source: str) -> ParsedFeed:
         entries.append(
             FeedEntry(
                 guid=_str(it.get("id")),
-                url=urljoin(url, link) if link else None,
+                url=_join(url, link),
                 title=_str(it.get("title")),
                 summary=_str(it.get("summary")),
                 content=_str(it.get("content_html")) or _str(it.get("content_text")),

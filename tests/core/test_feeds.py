@@ -65,6 +65,22 @@ def test_relative_links_resolve_against_the_feed_url():
     assert feed.entries[0].url == "https://site.invalid/news/a.html"
 
 
+def test_an_unparseable_link_drops_only_the_link():
+    # urljoin raises on a broken IPv6 host; found by the fuzz test on a mutated JSON Feed.
+    rss = (
+        b'<rss version="2.0"><channel><title>t</title><item><title>a</title><guid>g1</guid>'
+        b"<link>http://[oops/a.html</link></item><item><title>b</title>"
+        b"<link>/b.html</link></item></channel></rss>"
+    )
+    items = [{"id": "j1", "url": "http://[oops/x", "title": "x"}, {"id": "j2", "url": "/y"}]
+    jsonfeed = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": items})
+    for body in (rss, jsonfeed.encode()):
+        feed = parse_feed(body, "https://site.invalid/feed", "s")
+        assert [e.url for e in feed.entries] == [None, feed.entries[1].url]
+        assert feed.entries[1].url.startswith("https://site.invalid/")
+        assert feed.entries[0].guid and feed.entries[0].title in ("a", "x")
+
+
 @pytest.mark.parametrize(
     ("text", "iso"),
     [
