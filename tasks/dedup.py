@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -114,7 +114,8 @@ def _overrides(con: duckdb.DuckDBPyConnection) -> stories.Overrides:
 
 
 _ROW_SQL = """
-    SELECT a.article_id, coalesce(a.title, ''), a.text, a.published_at, a.fetched_at,
+    SELECT a.article_id, coalesce(a.title, ''), a.text, timezone('UTC', a.published_at),
+           timezone('UTC', a.fetched_at),
            a.source, a.entry_key
     FROM articles a
 """
@@ -136,9 +137,11 @@ _UNCLUSTERED = "NOT EXISTS (SELECT 1 FROM story_articles s WHERE s.article_id = 
 
 def _read_rows(
     con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[int, str]]
-) -> list[tuple[Any, ...]]:
+) -> tuple[list[tuple[Any, ...]], set[str]]:
     """The rows of a batch still unclustered (another process may have clustered some), in
-    order. Read by rowid: a join on the ids would scan every article's text for each batch."""
+    order, and which of them are exact copies of another article (their features are never
+    needed: no sketch of their own, and their story is their original's). Read by rowid: a
+    join on the ids would scan every article's text for each batch."""
     wanted = {aid for _, aid in batch}
     _stage(con, "wanted_rows", {"rid": pa.array([r for r, _ in batch], pa.int64())})
     got = {
@@ -153,7 +156,38 @@ def _read_rows(
         _stage(con, "wanted_ids", {"article_id": missing})
         sql = _ROW_SQL + f"JOIN wanted_ids USING (article_id) WHERE {_UNCLUSTERED}"
         got.update((r[0], r) for r in con.execute(sql).fetchall())
-    return [got[aid] for _, aid in batch if aid in got]
+    rows = [got[aid] for _, aid in batch if aid in got]
+    return rows, _ids_in(con, _EXACT_COPIES, [r[0] for r in rows])
+
+
+_EXACT_COPIES = """
+    SELECT DISTINCT d.article_id FROM ids_in JOIN duplicates d USING (article_id)
+    WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of
+"""
+"""The staged ``ids_in`` that are exact copies (same text or canonical URL) of another article."""
+
+
+@dataclass
+class _PendingFeatures:
+    """Features being computed for ``n`` rows: parts cover the rows at positions ``at``."""
+
+    n: int
+    at: list[int]
+    parts: list[Future[Features]] | list[Features]
+
+    def result(self) -> Features:
+        """The features of all ``n`` rows; a skipped row has an empty sketch and no raws."""
+        done = [p if isinstance(p, Features) else p.result() for p in self.parts]
+        raws: dict[str, dict[str, float]] = {}
+        for p in done:
+            raws.update(p.raws)
+        bins = NEAR_PARAMS.num_bins
+        values = np.zeros((self.n, bins), dtype=np.uint32)
+        n_shingles = np.zeros(self.n, dtype=np.int64)
+        if self.at:
+            values[self.at] = np.vstack([p.sketches.values for p in done])
+            n_shingles[self.at] = np.concatenate([p.sketches.n_shingles for p in done])
+        return Features(neardup.Sketches(values, n_shingles), raws)
 
 
 # -- features (worker processes) --------------------------------------------------------------
@@ -168,39 +202,26 @@ class _FeaturePool:
             ctx = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
-    def submit(self, rows: Sequence[tuple[Any, ...]]) -> list[Future[Features]] | Features:
-        ids = [r[0] for r in rows]
-        titles = [r[1] or "" for r in rows]
-        texts = [r[2] or "" for r in rows]
+    def submit(
+        self, rows: Sequence[tuple[Any, ...]], skip: Collection[str] = ()
+    ) -> _PendingFeatures:
+        """Start computing the features of ``rows``, except those whose ids are in ``skip``."""
+        at = [k for k, r in enumerate(rows) if r[0] not in skip]
+        ids = [rows[k][0] for k in at]
+        titles = [rows[k][1] or "" for k in at]
+        texts = [rows[k][2] or "" for k in at]
         if self.pool is None:
-            return article_features(ids, titles, texts, NEAR_PARAMS, self.params)
-        step = -(-len(rows) // self.workers) or 1
-        return [
+            return _PendingFeatures(
+                len(rows), at, [article_features(ids, titles, texts, NEAR_PARAMS, self.params)]
+            )
+        step = -(-len(at) // self.workers) or 1
+        return _PendingFeatures(len(rows), at, [
             self.pool.submit(
                 article_features, ids[k : k + step], titles[k : k + step], texts[k : k + step],
                 NEAR_PARAMS, self.params,
             )
-            for k in range(0, len(rows), step)
-        ]  # fmt: skip
-
-    @staticmethod
-    def result(pending: list[Future[Features]] | Features, num_bins: int) -> Features:
-        if isinstance(pending, Features):
-            return pending
-        parts = [f.result() for f in pending]
-        raws: dict[str, dict[str, float]] = {}
-        for p in parts:
-            raws.update(p.raws)
-        values = [p.sketches.values for p in parts]
-        return Features(
-            neardup.Sketches(
-                np.vstack(values) if values else np.empty((0, num_bins), dtype=np.uint32),
-                np.concatenate([p.sketches.n_shingles for p in parts])
-                if parts
-                else np.empty(0, dtype=np.int64),
-            ),
-            raws,
-        )
+            for k in range(0, len(at), step)
+        ])  # fmt: skip
 
     def close(self) -> None:
         if self.pool is not None:
@@ -246,7 +267,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     batches = [pending[k : k + batch_size] for k in range(0, len(pending), batch_size)]
     cache = _RawCache(RAW_CACHE)
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
-        ahead: tuple[list[tuple[Any, ...]], Any] | None = None
+        ahead: tuple[list[tuple[Any, ...]], _PendingFeatures] | None = None
         for k in range(len(batches)):
             if k % SESSION_BATCHES == 0:  # one connection for a few batches, then readers' turn
                 session.close()
@@ -254,14 +275,14 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
             with wh.writer() as con:
                 t0 = time.perf_counter()
                 if ahead is None:
-                    rows = _read_rows(con, batches[k])
-                    ahead = (rows, pool.submit(rows))
+                    rows, copies = _read_rows(con, batches[k])
+                    ahead = (rows, pool.submit(rows, copies))
                 rows, pending_feats = ahead
                 ahead = None
                 if k + 1 < len(batches):
-                    nxt = _read_rows(con, batches[k + 1])
-                    ahead = (nxt, pool.submit(nxt))
-                feats = pool.result(pending_feats, NEAR_PARAMS.num_bins)
+                    nxt, copies = _read_rows(con, batches[k + 1])
+                    ahead = (nxt, pool.submit(nxt, copies))
+                feats = pending_feats.result()
                 result.seconds["features_wait"] += time.perf_counter() - t0
                 if not rows:
                     continue
@@ -362,13 +383,9 @@ def _near_duplicates(
     todo = [i for i, aid in enumerate(ids) if aid not in done]
     if not todo:
         return 0
-    # An exact duplicate is represented by its original: it gets no bands of its own.
-    exact = _ids_in(
-        con,
-        "SELECT DISTINCT d.article_id FROM ids_in JOIN duplicates d USING (article_id) "
-        "WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of",
-        [ids[i] for i in todo],
-    )
+    # An exact duplicate is represented by its original: no sketch or bands of its own.
+    exact = _ids_in(con, _EXACT_COPIES, [ids[i] for i in todo])
+    todo = [i for i in todo if ids[i] not in exact]
     _stage(
         con,
         "staged_sigs",
@@ -385,10 +402,9 @@ def _near_duplicates(
             for i in todo
             if sk.n_shingles[i] >= MIN_NEAR_SHINGLES
             and policies.get(rows[i][5], SourcePolicy()).near
-            and ids[i] not in exact
         ],
         dtype=np.intp,
-    )  # too short to judge, the source keeps every copy, or already an exact copy: no bands
+    )  # too short to judge, or the source keeps every copy: no bands
     if not len(banded):
         return 0
     buckets = neardup.band_matrix(sk.values[banded], NEAR_PARAMS)
@@ -637,6 +653,9 @@ def _stories(
     t0 = time.perf_counter()
     copy_of = _exact_originals(con, rows, params.window)
     new_docs = [_doc(r, policies) for r in rows if r[0] not in copy_of]
+    missing = [d for d in new_docs if d.id not in raws]
+    if missing:  # exact copies not filed (the original is outside the window): featurised here
+        raws = {**raws, **stories.raw_term_frequencies(missing, params)}
     if not new_docs:  # only copies of clustered articles
         touched = _follow_originals(con, copy_of, [], params, now)
         _rebuild_stories(con, sorted(touched), now)
