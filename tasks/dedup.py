@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import time
 from collections import defaultdict
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -137,11 +137,9 @@ _UNCLUSTERED = "NOT EXISTS (SELECT 1 FROM story_articles s WHERE s.article_id = 
 
 def _read_rows(
     con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[int, str]]
-) -> tuple[list[tuple[Any, ...]], set[str]]:
+) -> list[tuple[Any, ...]]:
     """The rows of a batch still unclustered (another process may have clustered some), in
-    order, and which of them are exact copies of another article (their features are never
-    needed: no sketch of their own, and their story is their original's). Read by rowid: a
-    join on the ids would scan every article's text for each batch."""
+    order. Read by rowid: a join on the ids would scan every article's text for each batch."""
     wanted = {aid for _, aid in batch}
     _stage(con, "wanted_rows", {"rid": pa.array([r for r, _ in batch], pa.int64())})
     got = {
@@ -156,15 +154,30 @@ def _read_rows(
         _stage(con, "wanted_ids", {"article_id": missing})
         sql = _ROW_SQL + f"JOIN wanted_ids USING (article_id) WHERE {_UNCLUSTERED}"
         got.update((r[0], r) for r in con.execute(sql).fetchall())
-    rows = [got[aid] for _, aid in batch if aid in got]
-    return rows, _ids_in(con, _EXACT_COPIES, [r[0] for r in rows])
+    return [got[aid] for _, aid in batch if aid in got]
 
 
-_EXACT_COPIES = """
-    SELECT DISTINCT d.article_id FROM ids_in JOIN duplicates d USING (article_id)
-    WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of
-"""
-"""The staged ``ids_in`` that are exact copies (same text or canonical URL) of another article."""
+def _read_ahead(
+    con: duckdb.DuckDBPyConnection,
+    pool: _FeaturePool,
+    batch: Sequence[tuple[int, str]],
+    k: int,
+    batch_of: Mapping[str, int],
+    window: timedelta,
+) -> tuple[list[tuple[Any, ...]], _PendingFeatures]:
+    """Read batch ``k`` and start its features. Exact copies get no sketch (their original
+    stands for them); those that will be filed under their original's story (it is clustered,
+    or pending up to this batch) get no features at all. ``_stories`` decides again when the
+    batch is stored and featurises any copy this guess got wrong."""
+    rows = _read_rows(con, batch)
+    copies = _copy_pairs(con, [r[0] for r in rows])
+    clustered = _ids_in(
+        con,
+        "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
+        sorted({o for o, _ in copies.values()}),
+    )
+    filed = _filed(copies, rows, lambda o: o in clustered or batch_of.get(o, k + 1) <= k, window)
+    return rows, pool.submit(rows, exact=copies.keys(), filed=filed.keys())
 
 
 @dataclass
@@ -203,22 +216,26 @@ class _FeaturePool:
             self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
     def submit(
-        self, rows: Sequence[tuple[Any, ...]], skip: Collection[str] = ()
+        self,
+        rows: Sequence[tuple[Any, ...]],
+        exact: Collection[str] = (),
+        filed: Collection[str] = (),
     ) -> _PendingFeatures:
-        """Start computing the features of ``rows``, except those whose ids are in ``skip``."""
-        at = [k for k, r in enumerate(rows) if r[0] not in skip]
+        """Start computing the features of ``rows``: none for the copies to be ``filed`` under
+        their original's story, no sketch for ``exact`` copies."""
+        at = [k for k, r in enumerate(rows) if r[0] not in filed]
         ids = [rows[k][0] for k in at]
         titles = [rows[k][1] or "" for k in at]
         texts = [rows[k][2] or "" for k in at]
+        sketch = [i not in exact for i in ids]
         if self.pool is None:
-            return _PendingFeatures(
-                len(rows), at, [article_features(ids, titles, texts, NEAR_PARAMS, self.params)]
-            )
+            feats = article_features(ids, titles, texts, NEAR_PARAMS, self.params, sketch)
+            return _PendingFeatures(len(rows), at, [feats])
         step = -(-len(at) // self.workers) or 1
         return _PendingFeatures(len(rows), at, [
             self.pool.submit(
                 article_features, ids[k : k + step], titles[k : k + step], texts[k : k + step],
-                NEAR_PARAMS, self.params,
+                NEAR_PARAMS, self.params, sketch[k : k + step],
             )
             for k in range(0, len(at), step)
         ])  # fmt: skip
@@ -265,6 +282,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     with wh.writer() as con:
         pending = _pending(con)
     batches = [pending[k : k + batch_size] for k in range(0, len(pending), batch_size)]
+    batch_of = {aid: k // batch_size for k, (_, aid) in enumerate(pending)}
     cache = _RawCache(RAW_CACHE)
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
         ahead: tuple[list[tuple[Any, ...]], _PendingFeatures] | None = None
@@ -275,13 +293,11 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
             with wh.writer() as con:
                 t0 = time.perf_counter()
                 if ahead is None:
-                    rows, copies = _read_rows(con, batches[k])
-                    ahead = (rows, pool.submit(rows, copies))
+                    ahead = _read_ahead(con, pool, batches[k], k, batch_of, params.window)
                 rows, pending_feats = ahead
                 ahead = None
                 if k + 1 < len(batches):
-                    nxt, copies = _read_rows(con, batches[k + 1])
-                    ahead = (nxt, pool.submit(nxt, copies))
+                    ahead = _read_ahead(con, pool, batches[k + 1], k + 1, batch_of, params.window)
                 feats = pending_feats.result()
                 result.seconds["features_wait"] += time.perf_counter() - t0
                 if not rows:
@@ -384,7 +400,7 @@ def _near_duplicates(
     if not todo:
         return 0
     # An exact duplicate is represented by its original: no sketch or bands of its own.
-    exact = _ids_in(con, _EXACT_COPIES, [ids[i] for i in todo])
+    exact = _copy_pairs(con, [ids[i] for i in todo])
     todo = [i for i in todo if ids[i] not in exact]
     _stage(
         con,
@@ -767,43 +783,62 @@ def _stories(
     return len(touched)
 
 
-def _exact_originals(
-    con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], window: timedelta
-) -> dict[str, str]:
-    """Exact copies in the batch (same text or canonical URL as an earlier article) whose
-    original is clustered or in the batch and within the window: copy -> original. Such a copy
-    is not clustered again; it joins its original's story (clustering every copy of a text
-    republished a hundred times re-clusters ever larger groups of identical articles). A copy
-    from outside the window is clustered like any article."""
-    batch = {r[0]: _naive(r[3]) or _naive(r[4]) for r in rows}
-    _stage(con, "ids_in", {"article_id": list(batch)})
-    pairs = {
-        c: (o, _naive(t))
+def _copy_pairs(
+    con: duckdb.DuckDBPyConnection, ids: Sequence[str]
+) -> dict[str, tuple[str, datetime | None]]:
+    """Exact copies among ``ids`` (same text or canonical URL as an earlier article):
+    copy -> (original, the original's time, UTC-naive)."""
+    _stage(con, "ids_in", {"article_id": ids})
+    return {
+        c: (o, t)
         for c, o, t in con.execute(
             "SELECT d.article_id, min(d.duplicate_of), "
-            "arg_min(coalesce(a.published_at, a.fetched_at), d.duplicate_of) FROM ids_in "
-            "JOIN duplicates d USING (article_id) JOIN articles a ON a.article_id = d.duplicate_of "
+            "arg_min(timezone('UTC', coalesce(a.published_at, a.fetched_at)), d.duplicate_of) "
+            "FROM ids_in JOIN duplicates d USING (article_id) "
+            "JOIN articles a ON a.article_id = d.duplicate_of "
             "WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of "
             "GROUP BY d.article_id"
         ).fetchall()
     }
-    if not pairs:
-        return {}
-    clustered = _ids_in(
-        con,
-        "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
-        sorted({o for o, _ in pairs.values()}),
-    )
+
+
+def _filed(
+    copies: Mapping[str, tuple[str, datetime | None]],
+    rows: Sequence[tuple[Any, ...]],
+    clustered: Callable[[str], bool],
+    window: timedelta,
+) -> dict[str, str]:
+    """The copies filed under their original's story: copy -> original. Clustering every copy
+    of a text republished a hundred times would re-cluster ever larger groups of identical
+    articles. A copy whose original is itself a copy, is not ``clustered``, or lies outside the
+    window is clustered like any article."""
+    times = {r[0]: r[3] or r[4] for r in rows}
 
     def near_in_time(copy: str, t: datetime | None) -> bool:
-        c = batch[copy]
+        c = times[copy]
         return c is None or t is None or abs(c - t) <= window
 
     return {
         c: o
-        for c, (o, t) in pairs.items()
-        if o not in pairs and (o in clustered or o in batch) and near_in_time(c, t)
+        for c, (o, t) in copies.items()
+        if o not in copies and clustered(o) and near_in_time(c, t)
     }
+
+
+def _exact_originals(
+    con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], window: timedelta
+) -> dict[str, str]:
+    """The batch's exact copies filed under their original (clustered, or in the batch)."""
+    copies = _copy_pairs(con, [r[0] for r in rows])
+    if not copies:
+        return {}
+    clustered = _ids_in(
+        con,
+        "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
+        sorted({o for o, _ in copies.values()}),
+    )
+    batch = {r[0] for r in rows}
+    return _filed(copies, rows, lambda o: o in clustered or o in batch, window)
 
 
 def _follow_originals(

@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from tasks.core import neardup, stories
 
 
@@ -23,7 +25,18 @@ def article_features(
     texts: Sequence[str],
     near: neardup.NearDupParams,
     params: stories.StoryParams,
+    sketch: Sequence[bool] | None = None,
 ) -> Features:
-    """Near-duplicate sketches (of the body) and story term frequencies (title and body)."""
+    """Near-duplicate sketches (of the body) and story term frequencies (title and body).
+
+    ``sketch[i]`` false leaves row ``i``'s sketch empty (an exact copy is represented by its
+    original and needs none)."""
     docs = [stories.StoryDoc(i, t, x) for i, t, x in zip(ids, titles, texts, strict=True)]
-    return Features(neardup.sketch_texts(texts, near), stories.raw_term_frequencies(docs, params))
+    want = [k for k in range(len(texts)) if sketch is None or sketch[k]]
+    sk = neardup.sketch_texts([texts[k] for k in want], near)
+    values = np.zeros((len(texts), near.num_bins), dtype=np.uint32)
+    n_shingles = np.zeros(len(texts), dtype=np.int64)
+    values[want], n_shingles[want] = sk.values, sk.n_shingles
+    return Features(
+        neardup.Sketches(values, n_shingles), stories.raw_term_frequencies(docs, params)
+    )
