@@ -164,7 +164,7 @@ def _read_ahead(
     k: int,
     batch_of: Mapping[str, int],
     window: timedelta,
-) -> tuple[list[tuple[Any, ...]], _PendingFeatures]:
+) -> _Batch:
     """Read batch ``k`` and start its features. Exact copies get no sketch (their original
     stands for them); those that will be filed under their original's story (it is clustered,
     or pending up to this batch) get no features at all. ``_stories`` decides again when the
@@ -177,7 +177,17 @@ def _read_ahead(
         sorted({o for o, _ in copies.values()}),
     )
     filed = _filed(copies, rows, lambda o: o in clustered or batch_of.get(o, k + 1) <= k, window)
-    return rows, pool.submit(rows, exact=copies.keys(), filed=filed.keys())
+    return _Batch(rows, copies, pool.submit(rows, exact=copies.keys(), filed=filed.keys()))
+
+
+@dataclass
+class _Batch:
+    """A batch's rows, its exact copies (copy -> original and the original's time) and the
+    features being computed for it."""
+
+    rows: list[tuple[Any, ...]]
+    copies: dict[str, tuple[str, datetime | None]]
+    features: _PendingFeatures
 
 
 @dataclass
@@ -285,26 +295,27 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     batch_of = {aid: k // batch_size for k, (_, aid) in enumerate(pending)}
     cache = _RawCache(RAW_CACHE)
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
-        ahead: tuple[list[tuple[Any, ...]], _PendingFeatures] | None = None
+        ahead: _Batch | None = None
         for k in range(len(batches)):
             if k % SESSION_BATCHES == 0:  # one connection for a few batches, then readers' turn
                 session.close()
                 session.enter_context(wh.session())
+                session.enter_context(_one_thread(wh))
             with wh.writer() as con:
                 t0 = time.perf_counter()
                 if ahead is None:
                     ahead = _read_ahead(con, pool, batches[k], k, batch_of, params.window)
-                rows, pending_feats = ahead
-                ahead = None
+                batch, ahead = ahead, None
                 if k + 1 < len(batches):
                     ahead = _read_ahead(con, pool, batches[k + 1], k + 1, batch_of, params.window)
-                feats = pending_feats.result()
+                feats = batch.features.result()
                 result.seconds["features_wait"] += time.perf_counter() - t0
+                rows = batch.rows
                 if not rows:
                     continue
                 con.execute("BEGIN")
                 try:
-                    _cluster_batch(con, rows, feats, cache, settings, policies, params, result)
+                    _cluster_batch(con, batch, feats, cache, settings, policies, params, result)
                     compact_vocabulary(con)
                     con.execute("COMMIT")
                 except Exception:
@@ -313,6 +324,20 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
             cache.add(feats.raws)
             result.articles += len(rows)
     return result
+
+
+@contextmanager
+def _one_thread(wh: Warehouse) -> Iterator[None]:
+    """DuckDB on one thread while clustering: its queries are many and small, and the feature
+    workers have the other cores (two threads cost a third more CPU, and more wall time on a
+    busy machine)."""
+    with wh.writer() as con:
+        con.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        with wh.writer() as con:
+            con.execute("RESET threads")
 
 
 def _doc(row: Sequence[Any], policies: Mapping[str, SourcePolicy], **kw: Any) -> stories.StoryDoc:
@@ -339,7 +364,7 @@ def _naive(t: datetime | None) -> datetime | None:
 
 def _cluster_batch(
     con: duckdb.DuckDBPyConnection,
-    rows: list[tuple[Any, ...]],
+    batch: _Batch,
     feats: Features,
     cache: _RawCache,
     settings: Settings,
@@ -349,16 +374,17 @@ def _cluster_batch(
 ) -> None:
     now = datetime.now(UTC)
     overrides = _overrides(con)
+    rows = batch.rows
     t0 = time.perf_counter()
     if settings.dedup.near_duplicates:
         result.near_duplicates += _near_duplicates(
-            con, rows, feats.sketches, policies, overrides, now
+            con, rows, batch.copies, feats.sketches, policies, overrides, now
         )
     t1 = time.perf_counter()
     result.seconds["near_duplicates"] += t1 - t0
     if settings.dedup.stories:
         touched = _stories(
-            con, rows, feats.raws, cache, policies, params, overrides, now, result.seconds
+            con, batch, feats.raws, cache, policies, params, overrides, now, result.seconds
         )
         result.stories_touched += touched
     else:
@@ -385,6 +411,7 @@ def _ids_in(con: duckdb.DuckDBPyConnection, sql: str, ids: Sequence[str]) -> set
 def _near_duplicates(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[Any, ...]],
+    copies: Mapping[str, Any],
     sk: neardup.Sketches,
     policies: Mapping[str, SourcePolicy],
     overrides: stories.Overrides,
@@ -400,8 +427,7 @@ def _near_duplicates(
     if not todo:
         return 0
     # An exact duplicate is represented by its original: no sketch or bands of its own.
-    exact = _copy_pairs(con, [ids[i] for i in todo])
-    todo = [i for i in todo if ids[i] not in exact]
+    todo = [i for i in todo if ids[i] not in copies]
     _stage(
         con,
         "staged_sigs",
@@ -424,51 +450,11 @@ def _near_duplicates(
     if not len(banded):
         return 0
     buckets = neardup.band_matrix(sk.values[banded], NEAR_PARAMS)
-    nb = NEAR_PARAMS.num_bands
-    con.register(
-        "staged_bands",
-        pa.table(
-            {
-                "article_id": pa.array([ids[i] for i in banded]).take(
-                    pa.array(np.repeat(np.arange(len(banded)), nb))
-                ),
-                "band": pa.array(np.tile(np.arange(nb, dtype=np.int16), len(banded))),
-                "bucket": pa.array(buckets.ravel()),
-                "i": pa.array(np.repeat(banded.astype(np.int32), nb)),
-            }
-        ),
-    )
-    # Candidates: stored copies (at most BUCKET_CAP per bucket) and copies within the batch.
-    stored = con.execute(
-        "SELECT DISTINCT n.i, o.article_id FROM staged_bands n "
-        "JOIN near_bands o USING (band, bucket)"
-    ).fetchnumpy()
-    inner = con.execute(
-        """
-        WITH r AS (SELECT *, row_number() OVER (PARTITION BY band, bucket ORDER BY article_id) AS k
-                   FROM staged_bands)
-        SELECT DISTINCT a.i AS i, b.i AS j FROM r a JOIN r b USING (band, bucket)
-        WHERE b.k <= ? AND a.k > b.k
-        """,
-        [BUCKET_CAP],
-    ).fetchnumpy()
-    con.execute(
-        """
-        INSERT INTO near_bands
-        SELECT article_id, band, bucket FROM (
-            SELECT s.article_id, s.band, s.bucket,
-                   row_number() OVER (PARTITION BY s.band, s.bucket ORDER BY s.article_id)
-                   + coalesce(h.n, 0) AS k
-            FROM staged_bands s LEFT JOIN (
-                SELECT band, bucket, count(*) AS n FROM near_bands
-                JOIN (SELECT DISTINCT band, bucket FROM staged_bands) USING (band, bucket)
-                GROUP BY band, bucket) h USING (band, bucket))
-        WHERE k <= ?
-        """,
-        [BUCKET_CAP],
-    )
+    found = _bucket_candidates(con, [ids[i] for i in banded], buckets)
+    stored_i = banded[found.stored_row]
+    inner_i, inner_j = banded[found.inner_later], banded[found.inner_earlier]
     # Verify: old candidates' sketches are read once, then every pair is scored in one go.
-    old_ids = sorted(set(stored["article_id"].tolist()))
+    old_ids = sorted(set(found.stored_ids))
     _stage(con, "old_ids", {"article_id": old_ids})
     old_tab = con.execute(
         "SELECT s.article_id, s.signature, s.n_shingles FROM old_ids "
@@ -479,11 +465,11 @@ def _near_duplicates(
     old_sk = neardup.Sketches.from_blobs(
         old_tab["signature"].to_pylist(), old_tab["n_shingles"].to_numpy(), NEAR_PARAMS.num_bins
     )
-    sj_all = np.asarray([old_pos.get(a, -1) for a in stored["article_id"].tolist()], np.intp)
+    sj_all = np.asarray([old_pos.get(a, -1) for a in found.stored_ids], np.intp)
     keep = sj_all >= 0
-    si, sj = stored["i"][keep].astype(np.intp), sj_all[keep]
+    si, sj = stored_i[keep], sj_all[keep]
     s_score = neardup.similarity_rows(sk, si, old_sk, sj, NEAR_PARAMS)
-    ii, ij = inner["i"].astype(np.intp), inner["j"].astype(np.intp)
+    ii, ij = inner_i, inner_j
     i_score = neardup.similarity_rows(sk, ii, sk, ij, NEAR_PARAMS)
     thr = NEAR_PARAMS.threshold
     s_hit, i_hit = s_score >= thr, i_score >= thr
@@ -510,6 +496,86 @@ def _near_duplicates(
     if not len(edges.new):
         return 0
     return _link_groups(con, rows, sk, old_names, edges, policies, now)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """LSH candidates of a batch's banded articles (positions in the banded list): stored
+    articles sharing a bucket (``stored_row[k]`` with ``stored_ids[k]``, each pair once), and
+    pairs within the batch (``inner_later[k]`` with ``inner_earlier[k]``, in id order)."""
+
+    stored_row: npt.NDArray[np.intp]
+    stored_ids: list[str]
+    inner_later: npt.NDArray[np.intp]
+    inner_earlier: npt.NDArray[np.intp]
+
+
+def _bucket_candidates(
+    con: duckdb.DuckDBPyConnection, names: Sequence[str], buckets: npt.NDArray[np.int64]
+) -> _Candidates:
+    """Look up the batch's buckets once, and add the batch's rows to ``near_bands``.
+
+    A bucket keeps its first ``BUCKET_CAP`` articles in id order (the batch's rows rank after
+    the stored ones), and a new row meets the stored rows and the first ``BUCKET_CAP`` rows of
+    the batch in its bucket. One query reads the stored rows of the batch's buckets; ranking,
+    counting and pairing are array operations."""
+    m, nb = buckets.shape
+    band = np.tile(np.arange(nb, dtype=np.int64), m)
+    bucket = buckets.ravel().astype(np.int64)
+    row = np.repeat(np.arange(m, dtype=np.intp), nb)  # staged row -> banded position
+    con.register("staged_buckets", pa.table({"band": band, "bucket": bucket}))
+    hits = con.execute(
+        "SELECT o.band::BIGINT AS band, o.bucket, o.article_id FROM near_bands o "
+        "JOIN (SELECT DISTINCT band, bucket FROM staged_buckets) USING (band, bucket)"
+    ).fetch_arrow_table()
+    # Stored candidates: every stored row of a bucket the new row falls in.
+    pairs = (
+        pa.table({"band": band, "bucket": bucket, "row": row})
+        .join(hits, ["band", "bucket"], join_type="inner")
+        .group_by(["row", "article_id"])
+        .aggregate([])
+    )
+    # The batch's rows of each bucket in id order: k = 1, 2, ... within the bucket.
+    id_rank = np.empty(m, np.int64)
+    id_rank[np.argsort(np.asarray(names, dtype=object), kind="stable")] = np.arange(m)
+    order = np.lexsort((id_rank[row], bucket, band))
+    sb, sk = band[order], bucket[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = (sb[1:] != sb[:-1]) | (sk[1:] != sk[:-1])
+    group = np.cumsum(first) - 1
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(order)))
+    k = np.arange(len(order)) - starts[group] + 1
+    # Within the batch: each row pairs with the rows before it among the first BUCKET_CAP.
+    early = np.flatnonzero((k <= BUCKET_CAP) & (sizes[group] >= 2))
+    later = sizes[group[early]] - k[early]
+    bpos = np.repeat(early, later)
+    apos = bpos + np.arange(len(bpos)) - np.repeat(np.cumsum(later) - later, later) + 1
+    code = np.unique(row[order[apos]].astype(np.int64) * m + row[order[bpos]])
+    # Insert: a bucket holding n stored rows takes the batch's first BUCKET_CAP - n.
+    counts = hits.group_by(["band", "bucket"]).aggregate([("article_id", "count")])
+    g = pa.table({"band": sb[starts], "bucket": sk[starts], "g": np.arange(len(starts))})
+    g = g.join(counts, ["band", "bucket"], join_type="inner")
+    held = np.zeros(len(starts), np.int64)
+    held[g["g"].to_numpy()] = g["article_id_count"].to_numpy()
+    put = order[k + held[group] <= BUCKET_CAP]
+    con.register(
+        "new_bands",
+        pa.table(
+            {
+                "article_id": pa.array(names, pa.string()).take(pa.array(row[put])),
+                "band": band[put].astype(np.int16),
+                "bucket": bucket[put],
+            }
+        ),
+    )
+    con.execute("INSERT INTO near_bands SELECT article_id, band, bucket FROM new_bands")
+    return _Candidates(
+        stored_row=pairs["row"].to_numpy().astype(np.intp),
+        stored_ids=pairs["article_id"].to_pylist(),
+        inner_later=(code // m).astype(np.intp),
+        inner_earlier=(code % m).astype(np.intp),
+    )
 
 
 @dataclass(frozen=True)
@@ -657,7 +723,7 @@ def _link_groups(
 # -- stories ---------------------------------------------------------------------------------
 def _stories(
     con: duckdb.DuckDBPyConnection,
-    rows: list[tuple[Any, ...]],
+    batch: _Batch,
     raws: Mapping[str, dict[str, float]],
     cache: _RawCache,
     policies: Mapping[str, SourcePolicy],
@@ -667,7 +733,8 @@ def _stories(
     seconds: dict[str, float],
 ) -> int:
     t0 = time.perf_counter()
-    copy_of = _exact_originals(con, rows, params.window)
+    rows = batch.rows
+    copy_of = _exact_originals(con, rows, batch.copies, params.window)
     new_docs = [_doc(r, policies) for r in rows if r[0] not in copy_of]
     missing = [d for d in new_docs if d.id not in raws]
     if missing:  # exact copies not filed (the original is outside the window): featurised here
@@ -826,10 +893,12 @@ def _filed(
 
 
 def _exact_originals(
-    con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], window: timedelta
+    con: duckdb.DuckDBPyConnection,
+    rows: list[tuple[Any, ...]],
+    copies: Mapping[str, tuple[str, datetime | None]],
+    window: timedelta,
 ) -> dict[str, str]:
     """The batch's exact copies filed under their original (clustered, or in the batch)."""
-    copies = _copy_pairs(con, [r[0] for r in rows])
     if not copies:
         return {}
     clustered = _ids_in(
@@ -979,6 +1048,8 @@ def _singletons(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], now
 
 
 def _rebuild_stories(con: duckdb.DuckDBPyConnection, story_ids: list[str], now: datetime) -> None:
+    """Rewrite the ``stories`` rows of ``story_ids``. Outlets as the ``article_outlets`` view
+    names them, computed for the members only (the view would compute every article's)."""
     _stage(con, "touched_stories", {"story_id": story_ids})
     con.execute("DELETE FROM stories WHERE story_id IN (SELECT story_id FROM touched_stories)")
     con.execute(
@@ -990,12 +1061,13 @@ def _rebuild_stories(con: duckdb.DuckDBPyConnection, story_ids: list[str], now: 
                min(coalesce(a.published_at, a.fetched_at)),
                max(coalesce(a.published_at, a.fetched_at)),
                count(*),
-               count(DISTINCT o.outlet),
+               count(DISTINCT coalesce(a.site_name, nullif(regexp_extract(
+                   coalesce(a.canonical_url, a.url, ''), '^https?://(?:www\\.)?([^/:?#]+)', 1), ''),
+                   a.source)),
                ?
         FROM story_articles s
         JOIN touched_stories USING (story_id)
         JOIN articles a USING (article_id)
-        JOIN article_outlets o USING (article_id)
         GROUP BY s.story_id
         """,
         [now],
