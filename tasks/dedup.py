@@ -22,12 +22,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any
 
 import duckdb
@@ -59,6 +60,9 @@ readers such as ``newsflow sql`` get a turn during a long clustering pass."""
 
 RAW_CACHE = 8000
 """Term frequencies kept in memory for articles of recent batches (the next batch's neighbours)."""
+
+DF_CACHE = 300_000
+"""Document frequencies kept in memory during a pass (terms)."""
 
 
 @dataclass
@@ -278,6 +282,14 @@ class _RawCache:
             del self.data[key]
 
 
+@dataclass
+class _PassCache:
+    """What one clustering pass keeps between batches."""
+
+    raws: _RawCache
+    dfs: _DocFrequencies
+
+
 def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -> DedupResult:
     """Near-duplicate and story-cluster every article not yet clustered.
 
@@ -293,7 +305,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
         pending = _pending(con)
     batches = [pending[k : k + batch_size] for k in range(0, len(pending), batch_size)]
     batch_of = {aid: k // batch_size for k, (_, aid) in enumerate(pending)}
-    cache = _RawCache(RAW_CACHE)
+    cache = _PassCache(_RawCache(RAW_CACHE), _DocFrequencies(DF_CACHE))
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
         ahead: _Batch | None = None
         for k in range(len(batches)):
@@ -321,7 +333,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
                 except Exception:
                     con.execute("ROLLBACK")
                     raise
-            cache.add(feats.raws)
+            cache.raws.add(feats.raws)
             result.articles += len(rows)
     return result
 
@@ -366,7 +378,7 @@ def _cluster_batch(
     con: duckdb.DuckDBPyConnection,
     batch: _Batch,
     feats: Features,
-    cache: _RawCache,
+    cache: _PassCache,
     settings: Settings,
     policies: Mapping[str, SourcePolicy],
     params: stories.StoryParams,
@@ -527,14 +539,7 @@ def _bucket_candidates(
     hits = con.execute(
         "SELECT o.band::BIGINT AS band, o.bucket, o.article_id FROM near_bands o "
         "JOIN (SELECT DISTINCT band, bucket FROM staged_buckets) USING (band, bucket)"
-    ).fetch_arrow_table()
-    # Stored candidates: every stored row of a bucket the new row falls in.
-    pairs = (
-        pa.table({"band": band, "bucket": bucket, "row": row})
-        .join(hits, ["band", "bucket"], join_type="inner")
-        .group_by(["row", "article_id"])
-        .aggregate([])
-    )
+    ).fetchnumpy()
     # The batch's rows of each bucket in id order: k = 1, 2, ... within the bucket.
     id_rank = np.empty(m, np.int64)
     id_rank[np.argsort(np.asarray(names, dtype=object), kind="stable")] = np.arange(m)
@@ -550,14 +555,22 @@ def _bucket_candidates(
     early = np.flatnonzero((k <= BUCKET_CAP) & (sizes[group] >= 2))
     later = sizes[group[early]] - k[early]
     bpos = np.repeat(early, later)
-    apos = bpos + np.arange(len(bpos)) - np.repeat(np.cumsum(later) - later, later) + 1
+    apos = bpos + _ranges(later) + 1
     code = np.unique(row[order[apos]].astype(np.int64) * m + row[order[bpos]])
+    # Stored candidates: every stored row of a bucket pairs with the batch's rows there.
+    hit_group = np.empty(len(hits["band"]), np.intp)  # groups are sorted by band, then bucket
+    gb, gk = sb[starts], sk[starts]
+    for b in np.unique(hits["band"]).tolist():
+        sel = hits["band"] == b
+        lo, hi = np.searchsorted(gb, b, "left"), np.searchsorted(gb, b, "right")
+        hit_group[sel] = lo + np.searchsorted(gk[lo:hi], hits["bucket"][sel])
+    per_hit = sizes[hit_group]
+    spos = np.repeat(starts[hit_group], per_hit) + _ranges(per_hit)
+    stored_names, stored_at = np.unique(hits["article_id"].astype(object), return_inverse=True)
+    n_stored = max(len(stored_names), 1)
+    pairs = np.unique(row[order[spos]].astype(np.int64) * n_stored + np.repeat(stored_at, per_hit))
     # Insert: a bucket holding n stored rows takes the batch's first BUCKET_CAP - n.
-    counts = hits.group_by(["band", "bucket"]).aggregate([("article_id", "count")])
-    g = pa.table({"band": sb[starts], "bucket": sk[starts], "g": np.arange(len(starts))})
-    g = g.join(counts, ["band", "bucket"], join_type="inner")
-    held = np.zeros(len(starts), np.int64)
-    held[g["g"].to_numpy()] = g["article_id_count"].to_numpy()
+    held = np.bincount(hit_group, minlength=len(starts))
     put = order[k + held[group] <= BUCKET_CAP]
     con.register(
         "new_bands",
@@ -571,11 +584,16 @@ def _bucket_candidates(
     )
     con.execute("INSERT INTO near_bands SELECT article_id, band, bucket FROM new_bands")
     return _Candidates(
-        stored_row=pairs["row"].to_numpy().astype(np.intp),
-        stored_ids=pairs["article_id"].to_pylist(),
+        stored_row=(pairs // n_stored).astype(np.intp),
+        stored_ids=stored_names[pairs % n_stored].tolist(),
         inner_later=(code // m).astype(np.intp),
         inner_earlier=(code % m).astype(np.intp),
     )
+
+
+def _ranges(counts: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    """``0..c-1`` for each ``c`` in ``counts``, concatenated."""
+    return np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
 
 
 @dataclass(frozen=True)
@@ -725,7 +743,7 @@ def _stories(
     con: duckdb.DuckDBPyConnection,
     batch: _Batch,
     raws: Mapping[str, dict[str, float]],
-    cache: _RawCache,
+    cache: _PassCache,
     policies: Mapping[str, SourcePolicy],
     params: stories.StoryParams,
     overrides: stories.Overrides,
@@ -753,12 +771,10 @@ def _stories(
     # story_df is append-only (term, count) rows, summed on lookup and compacted now and
     # then: appending is ~40x faster in DuckDB than updating counts in place.
     if fresh:
-        counts: dict[str, int] = defaultdict(int)
-        for d in fresh:
-            for t in raws[d.id]:
-                counts[t] += 1
+        counts = Counter(chain.from_iterable(raws[d.id] for d in fresh))
         _stage(con, "staged_df", {"term": list(counts), "df": list(counts.values())})
         con.execute("INSERT INTO story_df SELECT term, df FROM staged_df")
+        cache.dfs.add(counts)
         _stage(
             con,
             "staged_featured",
@@ -767,7 +783,7 @@ def _stories(
         con.execute("INSERT INTO story_featured SELECT * FROM staged_featured")
     n_row = con.execute("SELECT count(*) FROM story_featured").fetchone()
     n_docs = int(n_row[0]) if n_row else 0
-    df = _lookup_df(con, {t for d in new_docs for t in raws[d.id]})
+    df = cache.dfs.lookup(con, set().union(*(raws[d.id] for d in new_docs)))
     vocabulary = stories.Vocabulary()
     fm = stories.featurise_matrix([d.id for d in new_docs], raws, df, n_docs, params, vocabulary)
     blocking = {d.id: fm.blocking_terms(k) for k, d in enumerate(new_docs)}
@@ -790,10 +806,11 @@ def _stories(
     neighbours = _neighbours(con, new_docs, blocking, params, overrides, policies)
     t2 = time.perf_counter()
     if neighbours:
-        missing = [d for d in neighbours if d.id not in cache.data]
-        n_raws = {d.id: cache.data[d.id] for d in neighbours if d.id in cache.data}
+        known = cache.raws.data
+        missing = [d for d in neighbours if d.id not in known]
+        n_raws = {d.id: known[d.id] for d in neighbours if d.id in known}
         n_raws.update(stories.raw_term_frequencies(missing, params))
-        df.update(_lookup_df(con, {t for r in n_raws.values() for t in r} - set(df)))
+        df = cache.dfs.lookup(con, set().union(*n_raws.values()))
         fm = stories.FeatureMatrix.stack(
             [
                 fm,
@@ -947,6 +964,31 @@ def _follow_originals(
             "SELECT DISTINCT s.story_id FROM staged_copies JOIN story_articles s USING (article_id)"
         ).fetchall()
     }
+
+
+class _DocFrequencies:
+    """Document frequencies read from ``story_df`` during one pass, kept current with the
+    counts the pass adds, so each term is read once (``size`` terms at most, then it starts
+    over)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: dict[str, int] = {}
+
+    def add(self, counts: Mapping[str, int]) -> None:
+        """Count terms just appended to ``story_df`` (terms not yet read are read later)."""
+        data = self.data
+        for t in counts.keys() & data.keys():
+            data[t] += counts[t]
+
+    def lookup(self, con: duckdb.DuckDBPyConnection, terms: set[str]) -> Mapping[str, int]:
+        """A mapping holding the document frequency of every stored term in ``terms``."""
+        missing = terms - self.data.keys()
+        if len(self.data) + len(missing) > self.size:
+            self.data.clear()
+            missing = terms
+        self.data.update(_lookup_df(con, missing))
+        return self.data
 
 
 def _lookup_df(con: duckdb.DuckDBPyConnection, terms: set[str]) -> dict[str, int]:
