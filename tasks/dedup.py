@@ -539,7 +539,8 @@ def _bucket_candidates(
     hits = con.execute(
         "SELECT o.band::BIGINT AS band, o.bucket, o.article_id FROM near_bands o "
         "JOIN (SELECT DISTINCT band, bucket FROM staged_buckets) USING (band, bucket)"
-    ).fetchnumpy()
+    ).fetch_arrow_table()
+    hit_band, hit_bucket = hits["band"].to_numpy(), hits["bucket"].to_numpy()
     # The batch's rows of each bucket in id order: k = 1, 2, ... within the bucket.
     id_rank = np.empty(m, np.int64)
     id_rank[np.argsort(np.asarray(names, dtype=object), kind="stable")] = np.arange(m)
@@ -558,15 +559,17 @@ def _bucket_candidates(
     apos = bpos + _ranges(later) + 1
     code = np.unique(row[order[apos]].astype(np.int64) * m + row[order[bpos]])
     # Stored candidates: every stored row of a bucket pairs with the batch's rows there.
-    hit_group = np.empty(len(hits["band"]), np.intp)  # groups are sorted by band, then bucket
+    hit_group = np.empty(len(hit_band), np.intp)  # groups are sorted by band, then bucket
     gb, gk = sb[starts], sk[starts]
-    for b in np.unique(hits["band"]).tolist():
-        sel = hits["band"] == b
+    for b in np.unique(hit_band).tolist():
+        sel = hit_band == b
         lo, hi = np.searchsorted(gb, b, "left"), np.searchsorted(gb, b, "right")
-        hit_group[sel] = lo + np.searchsorted(gk[lo:hi], hits["bucket"][sel])
+        hit_group[sel] = lo + np.searchsorted(gk[lo:hi], hit_bucket[sel])
     per_hit = sizes[hit_group]
     spos = np.repeat(starts[hit_group], per_hit) + _ranges(per_hit)
-    stored_names, stored_at = np.unique(hits["article_id"].astype(object), return_inverse=True)
+    encoded = hits["article_id"].combine_chunks().dictionary_encode()  # hashing, not sorting
+    stored_names = encoded.dictionary
+    stored_at = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     n_stored = max(len(stored_names), 1)
     pairs = np.unique(row[order[spos]].astype(np.int64) * n_stored + np.repeat(stored_at, per_hit))
     # Insert: a bucket holding n stored rows takes the batch's first BUCKET_CAP - n.
@@ -585,7 +588,7 @@ def _bucket_candidates(
     con.execute("INSERT INTO near_bands SELECT article_id, band, bucket FROM new_bands")
     return _Candidates(
         stored_row=(pairs // n_stored).astype(np.intp),
-        stored_ids=stored_names[pairs % n_stored].tolist(),
+        stored_ids=stored_names.take(pa.array(pairs % n_stored)).to_pylist(),
         inner_later=(code // m).astype(np.intp),
         inner_earlier=(code % m).astype(np.intp),
     )

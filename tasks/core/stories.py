@@ -654,12 +654,36 @@ def assign_stories(
     for i in range(n):
         groups.setdefault(uf.find(i), []).append(i)
 
+    members_of = list(groups.values())
+    within = iter(_within_group_similarities(matrix, [m for m in members_of if len(m) > 1]))
     out: list[Assignment] = []
-    for members in groups.values():
-        out.extend(
-            _cluster_group(members, docs, matrix, times, mergeable, must, cannot, best, params)
-        )
+    for members in members_of:
+        sim = next(within) if len(members) > 1 else np.ones((1, 1))
+        out.extend(_cluster_group(members, docs, sim, times, mergeable, must, cannot, best, params))
     return sorted(out, key=lambda a: a.article_id)
+
+
+def _within_group_similarities(
+    matrix: sp.csr_matrix, groups: Sequence[list[int]]
+) -> list[npt.NDArray[np.float64]]:
+    """Cosine similarity of every pair within each group, as one dense matrix per group (ones
+    on the diagonal), computed for all groups in one sparse operation."""
+    if not groups:
+        return []
+    upper = {n: np.triu_indices(n, 1) for n in {len(g) for g in groups}}
+    left = np.concatenate([np.asarray(g)[upper[len(g)][0]] for g in groups])
+    right = np.concatenate([np.asarray(g)[upper[len(g)][1]] for g in groups])
+    values = np.asarray(matrix[left].multiply(matrix[right]).sum(axis=1)).ravel()
+    out: list[npt.NDArray[np.float64]] = []
+    at = 0
+    for g in groups:
+        n = len(g)
+        a, b = upper[n]
+        sim = np.eye(n)
+        sim[a, b] = sim[b, a] = values[at : at + len(a)]
+        at += len(a)
+        out.append(sim)
+    return out
 
 
 def _feature_rows(
@@ -687,7 +711,7 @@ def _feature_rows(
 def _cluster_group(
     members: list[int],
     docs: Sequence[StoryDoc],
-    matrix: sp.csr_matrix,
+    sim: npt.NDArray[np.float64],
     times: Sequence[float],
     mergeable: Sequence[bool],
     must: Collection[tuple[int, int]],
@@ -695,15 +719,14 @@ def _cluster_group(
     best: npt.NDArray[np.float64],
     params: StoryParams,
 ) -> list[Assignment]:
-    """Average-linkage clustering of one group (members sorted by id)."""
+    """Average-linkage clustering of one group (members sorted by id; ``sim`` their pairwise
+    similarities, which this may change)."""
     group_id = docs[members[0]].id
     if len(members) == 1:  # the common case, without the matrix work
         g = members[0]
         reason = "alone" if mergeable[g] else "merge_disabled"
         return [Assignment(group_id, group_id, group_id, True, None, float(best[g]), 0.0,
                            params.threshold, reason)]  # fmt: skip
-    sub = matrix[members]
-    sim = np.asarray((sub @ sub.T).todense(), dtype=np.float64)
     local = {g: k for k, g in enumerate(members)}
     stamps = np.array([times[g] for g in members])
     apart = np.abs(stamps[:, None] - stamps[None, :]) > params.window.total_seconds()
@@ -725,26 +748,22 @@ def _cluster_group(
     out: list[Assignment] = []
     for ks in clusters.values():
         rep = choose_representative(docs[members[k]] for k in ks)
-        for k in ks:
-            doc = docs[members[k]]
-            others = [o for o in ks if o != k]
-            if not others:
-                reason = "alone" if mergeable[members[k]] else "merge_disabled"
-                out.append(
-                    Assignment(
-                        doc.id,
-                        rep.id,
-                        group_id,
-                        True,
-                        None,
-                        float(best[members[k]]),
-                        0.0,
-                        params.threshold,
-                        reason,
-                    )
-                )
-                continue
-            top = max(others, key=lambda o: (sim[k, o], -o))
+        if len(ks) == 1:
+            k = ks[0]
+            reason = "alone" if mergeable[members[k]] else "merge_disabled"
+            out.append(Assignment(docs[members[k]].id, rep.id, group_id, True, None,
+                                  float(best[members[k]]), 0.0, params.threshold,
+                                  reason))  # fmt: skip
+            continue
+        # Each member's closest other member (ties: the first by id) and mean similarity.
+        block = sim[np.ix_(ks, ks)]
+        off = ~np.eye(len(ks), dtype=bool)
+        others = block[off].reshape(len(ks), len(ks) - 1)
+        masked = np.where(off, block, -np.inf)
+        tops = np.argmax(masked, axis=1).tolist()
+        cohesion = others.mean(axis=1).tolist()
+        for r, k in enumerate(ks):
+            doc, top = docs[members[k]], ks[tops[r]]
             forced = (min(members[k], members[top]), max(members[k], members[top])) in must
             out.append(
                 Assignment(
@@ -753,8 +772,8 @@ def _cluster_group(
                     group_id=group_id,
                     is_representative=doc.id == rep.id,
                     linked_to=docs[members[top]].id,
-                    score=float(sim[k, top]),
-                    cohesion=float(np.mean(sim[k, others])),
+                    score=float(block[r, tops[r]]),
+                    cohesion=float(cohesion[r]),
                     threshold=params.threshold,
                     reason="must_link" if forced else "similar",
                 )
