@@ -789,24 +789,29 @@ def _stories(
     df = cache.dfs.lookup(con, set().union(*(raws[d.id] for d in new_docs)))
     vocabulary = stories.Vocabulary()
     fm = stories.featurise_matrix([d.id for d in new_docs], raws, df, n_docs, params, vocabulary)
-    blocking = {d.id: fm.blocking_terms(k) for k, d in enumerate(new_docs)}
-    if fresh:
-        _stage(
-            con,
-            "staged_terms",
+    # Each new article's blocking terms, one row each: the fresh ones are stored.
+    owner = np.repeat(np.arange(len(new_docs)), [len(b) for b in fm.blocking])
+    terms = pa.array(vocabulary.terms(), pa.string()).take(pa.array(np.concatenate(fm.blocking)))
+    times = pa.array([d.time for d in new_docs], pa.timestamp("us", tz="UTC"))
+    is_fresh = np.asarray([d.id not in featured for d in new_docs], dtype=bool)
+    con.register(
+        "staged_blocking",
+        pa.table(
             {
-                "article_id": [d.id for d in fresh for _ in blocking[d.id]],
-                "term": [t for d in fresh for t in blocking[d.id]],
-                "article_time": pa.array(
-                    [d.time for d in fresh for _ in blocking[d.id]], pa.timestamp("us", tz="UTC")
-                ),
-            },
-        )
+                "article_id": pa.array([d.id for d in new_docs], pa.string()).take(owner),
+                "term": terms,
+                "article_time": times.take(owner),
+                "fresh": is_fresh[owner],
+            }
+        ),
+    )
+    if fresh:
         con.execute(
-            "INSERT INTO story_terms SELECT article_id, term, article_time FROM staged_terms"
+            "INSERT INTO story_terms SELECT article_id, term, article_time "
+            "FROM staged_blocking WHERE fresh"
         )
     t1 = time.perf_counter()
-    neighbours = _neighbours(con, new_docs, blocking, params, overrides, policies)
+    neighbours = _neighbours(con, new_docs, params, overrides, policies)
     t2 = time.perf_counter()
     if neighbours:
         known = cache.raws.data
@@ -1024,26 +1029,18 @@ def compact_vocabulary(con: duckdb.DuckDBPyConnection) -> None:
 def _neighbours(
     con: duckdb.DuckDBPyConnection,
     new_docs: Sequence[stories.StoryDoc],
-    blocking: Mapping[str, Sequence[str]],
     params: stories.StoryParams,
     overrides: stories.Overrides,
     policies: Mapping[str, SourcePolicy],
 ) -> list[stories.StoryDoc]:
-    """Stored articles sharing a blocking term within the window, as whole groups."""
+    """Stored articles sharing a blocking term (``staged_blocking``) within the window, as
+    whole groups."""
     new_ids = [d.id for d in new_docs]
     new_set = set(new_ids)
     times = [d.time for d in new_docs if d.time is not None]
     window = params.window
     lo = (min(times) - window) if times and len(times) == len(new_docs) else datetime(1, 1, 1)
     hi = (max(times) + window) if times and len(times) == len(new_docs) else datetime(9999, 1, 1)
-    _stage(
-        con,
-        "staged_blocking",
-        {
-            "article_id": [i for i in new_ids for _ in blocking[i]],
-            "term": [t for i in new_ids for t in blocking[i]],
-        },
-    )
     _stage(con, "batch_ids", {"article_id": new_ids})
     partners = [
         b if a in new_set else a for a, b in overrides.must_link if (a in new_set) != (b in new_set)

@@ -58,6 +58,8 @@ from itertools import chain
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from scipy.cluster.hierarchy import linkage
 from scipy.spatial.distance import squareform
@@ -419,12 +421,32 @@ def featurise_matrix(
         w = np.where(norms[row_of] > 0, w / norms[row_of], 0.0)
     indptr = np.concatenate([[0], np.cumsum(lengths)])
     rows = sp.csr_matrix((w, cols, indptr), shape=(len(ids), max(len(vocabulary), 1)))
-    k = params.blocking_size
-    blocking = [
-        _heaviest(w[indptr[r] : indptr[r + 1]], cols[indptr[r] : indptr[r + 1]], terms, k)
-        for r in range(len(ids))
-    ]
+    blocking = _heaviest_rows(w, cols, row_of, indptr, uniq, terms, params.blocking_size)
     return FeatureMatrix(list(ids), rows, blocking, vocabulary)
+
+
+def _heaviest_rows(
+    weights: npt.NDArray[np.float64],
+    cols: npt.NDArray[np.int64],
+    row_of: npt.NDArray[np.int64],
+    indptr: npt.NDArray[np.int64],
+    uniq: npt.NDArray[np.int64],
+    terms: list[str],
+    k: int,
+) -> list[npt.NDArray[np.int64]]:
+    """:func:`_heaviest` of every CSR row at once: one sort by row, weight (descending) and
+    term (the ranks of the ``uniq`` columns' terms)."""
+    n = len(indptr) - 1
+    if k <= 0 or not len(weights):
+        return [np.empty(0, dtype=np.int64) for _ in range(n)]
+    by_term = pc.sort_indices(pa.array([terms[c] for c in uniq.tolist()], pa.string()))
+    rank = np.zeros(int(uniq.max()) + 1, dtype=np.int64)
+    rank[uniq[by_term.to_numpy()]] = np.arange(len(uniq))
+    order = np.lexsort((rank[cols], -weights, row_of))
+    position = np.arange(len(order)) - indptr[row_of[order]]
+    chosen = order[position < k]
+    counts = np.bincount(row_of[chosen], minlength=n)
+    return np.split(cols[chosen], np.cumsum(counts)[:-1])
 
 
 def _heaviest(

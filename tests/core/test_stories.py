@@ -19,6 +19,7 @@ from tasks.core.stories import (
     StoryParams,
     _average_linkage,
     assign_stories,
+    blocking_terms,
     choose_representative,
     document_terms,
     featurise,
@@ -220,6 +221,25 @@ def test_featurise_gives_blocking_terms_and_df_terms() -> None:
     assert len(feat.blocking) == StoryParams().blocking_size
     assert set(feat.blocking) <= feat.terms
     assert {"e:lima", "e:peru", "e:6.1"} <= set(feat.blocking)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from(["lima", "Peru", "quake", "Rescue", "aid", "storm", "Lima"]),
+                 max_size=30),
+        min_size=1, max_size=8,
+    ),
+    st.integers(0, 6),
+)  # fmt: skip
+def test_blocking_terms_of_a_batch_are_each_articles_heaviest(words, k) -> None:
+    # The batch computes every article's blocking terms in one sort; each must equal the
+    # heaviest terms of that article's own weights (ties by term), as stored for lookups.
+    docs = [StoryDoc(f"a{i}", "", " ".join(w)) for i, w in enumerate(words)]
+    params = replace(StoryParams(), blocking_size=k)
+    feats = featurise(docs, {"lima": 3, "aid": 9}, 20, params)
+    for f in feats:
+        assert list(f.blocking) == blocking_terms(f.weights, params)
 
 
 def test_time_window() -> None:
