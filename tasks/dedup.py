@@ -35,6 +35,7 @@ import duckdb
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 from scipy import sparse
 from scipy.sparse import csgraph
 
@@ -466,18 +467,17 @@ def _near_duplicates(
     stored_i = banded[found.stored_row]
     inner_i, inner_j = banded[found.inner_later], banded[found.inner_earlier]
     # Verify: old candidates' sketches are read once, then every pair is scored in one go.
-    old_ids = sorted(set(found.stored_ids))
-    _stage(con, "old_ids", {"article_id": old_ids})
+    con.register("old_ids", pa.table({"article_id": found.stored_names}))
     old_tab = con.execute(
         "SELECT s.article_id, s.signature, s.n_shingles FROM old_ids "
         "JOIN near_signatures s USING (article_id)"
     ).fetch_arrow_table()
     old_names = old_tab["article_id"].to_pylist()
-    old_pos = {a: k for k, a in enumerate(old_names)}
+    row_of_name = pc.index_in(found.stored_names, value_set=old_tab["article_id"].combine_chunks())
     old_sk = neardup.Sketches.from_blobs(
         old_tab["signature"].to_pylist(), old_tab["n_shingles"].to_numpy(), NEAR_PARAMS.num_bins
     )
-    sj_all = np.asarray([old_pos.get(a, -1) for a in found.stored_ids], np.intp)
+    sj_all = row_of_name.fill_null(-1).to_numpy().astype(np.intp)[found.stored_code]
     keep = sj_all >= 0
     si, sj = stored_i[keep], sj_all[keep]
     s_score = neardup.similarity_rows(sk, si, old_sk, sj, NEAR_PARAMS)
@@ -513,11 +513,13 @@ def _near_duplicates(
 @dataclass(frozen=True)
 class _Candidates:
     """LSH candidates of a batch's banded articles (positions in the banded list): stored
-    articles sharing a bucket (``stored_row[k]`` with ``stored_ids[k]``, each pair once), and
-    pairs within the batch (``inner_later[k]`` with ``inner_earlier[k]``, in id order)."""
+    articles sharing a bucket (``stored_row[k]`` with ``stored_names[stored_code[k]]``, each
+    pair once), and pairs within the batch (``inner_later[k]`` with ``inner_earlier[k]``, in
+    id order)."""
 
     stored_row: npt.NDArray[np.intp]
-    stored_ids: list[str]
+    stored_code: npt.NDArray[np.intp]
+    stored_names: pa.Array
     inner_later: npt.NDArray[np.intp]
     inner_earlier: npt.NDArray[np.intp]
 
@@ -588,7 +590,8 @@ def _bucket_candidates(
     con.execute("INSERT INTO near_bands SELECT article_id, band, bucket FROM new_bands")
     return _Candidates(
         stored_row=(pairs // n_stored).astype(np.intp),
-        stored_ids=stored_names.take(pa.array(pairs % n_stored)).to_pylist(),
+        stored_code=(pairs % n_stored).astype(np.intp),
+        stored_names=stored_names,
         inner_later=(code // m).astype(np.intp),
         inner_earlier=(code % m).astype(np.intp),
     )

@@ -62,6 +62,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 from scipy.cluster.hierarchy import linkage
+from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import squareform
 
 __all__ = [
@@ -661,22 +662,26 @@ def assign_stories(
     keep = ~(np.abs(stamps[left] - stamps[right]) > params.window.total_seconds())
     left, right = left[keep], right[keep]
     best = np.zeros(n)
-    uf = _UnionFind(n)
     if len(left):
         sims = np.asarray(matrix[left].multiply(matrix[right]).sum(axis=1)).ravel()
         np.maximum.at(best, left, sims)
         np.maximum.at(best, right, sims)
         hit = sims >= params.threshold
-        for i, j in zip(left[hit].tolist(), right[hit].tolist(), strict=True):
-            if (i, j) not in cannot:
-                uf.union(i, j)
-    for i, j in must:
-        uf.union(i, j)
-    groups: dict[int, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(uf.find(i), []).append(i)
-
-    members_of = list(groups.values())
+        left, right = left[hit], right[hit]
+        if cannot:
+            apart = [
+                (i, j) not in cannot for i, j in zip(left.tolist(), right.tolist(), strict=True)
+            ]
+            left, right = left[np.asarray(apart, dtype=bool)], right[np.asarray(apart, dtype=bool)]
+    if must:
+        left = np.concatenate([left, np.asarray([i for i, _ in must], dtype=np.int64)])
+        right = np.concatenate([right, np.asarray([j for _, j in must], dtype=np.int64)])
+    # Groups: connected components, members in id order.
+    graph = sp.coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    cuts = np.cumsum(np.bincount(labels))[:-1]
+    members_of = [m.tolist() for m in np.split(order, cuts)]
     within = iter(_within_group_similarities(matrix, [m for m in members_of if len(m) > 1]))
     out: list[Assignment] = []
     for members in members_of:
