@@ -26,7 +26,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any
@@ -814,13 +814,16 @@ def _stories(
             "FROM staged_blocking WHERE fresh"
         )
     t1 = time.perf_counter()
-    neighbours = _neighbours(con, new_docs, params, overrides, policies)
+    neighbours, rowid_of = _neighbours(con, new_docs, params, overrides, policies)
     t2 = time.perf_counter()
     if neighbours:
         known = cache.raws.data
         missing = [d for d in neighbours if d.id not in known]
         n_raws = {d.id: known[d.id] for d in neighbours if d.id in known}
-        n_raws.update(stories.raw_term_frequencies(missing, params))
+        if missing:
+            texts = _texts(con, {d.id: rowid_of[d.id] for d in missing})
+            missing = [replace(d, text=texts.get(d.id, "")) for d in missing]
+            n_raws.update(stories.raw_term_frequencies(missing, params))
         df = cache.dfs.lookup(con, set().union(*n_raws.values()))
         fm = stories.FeatureMatrix.stack(
             [
@@ -1035,9 +1038,9 @@ def _neighbours(
     params: stories.StoryParams,
     overrides: stories.Overrides,
     policies: Mapping[str, SourcePolicy],
-) -> list[stories.StoryDoc]:
+) -> tuple[list[stories.StoryDoc], dict[str, int]]:
     """Stored articles sharing a blocking term (``staged_blocking``) within the window, as
-    whole groups."""
+    whole groups, without their texts; and their rowids."""
     new_ids = [d.id for d in new_docs]
     new_set = set(new_ids)
     times = [d.time for d in new_docs if d.time is not None]
@@ -1065,18 +1068,41 @@ def _neighbours(
     ).fetchall()
     groups = [g[0] for g in group_rows]
     if not groups:
-        return []
+        return [], {}
     _stage(con, "group_ids", {"group_id": groups})
     rows = con.execute(
         """
-        SELECT a.article_id, coalesce(a.title, ''), a.text, a.published_at, a.fetched_at,
-               a.source, s.story_id, s.group_id
+        SELECT a.article_id, coalesce(a.title, ''), '', timezone('UTC', a.published_at),
+               timezone('UTC', a.fetched_at), a.source, s.story_id, s.group_id, a.rowid
         FROM story_articles s JOIN group_ids USING (group_id) JOIN articles a USING (article_id)
         WHERE s.article_id NOT IN (SELECT article_id FROM batch_ids) AND s.reason <> 'duplicate'
         ORDER BY a.article_id
         """
-    ).fetchall()
-    return [_doc(r, policies, story_id=r[6], group_id=r[7]) for r in rows]
+    ).fetchall()  # texts are read later, only for those whose terms are not in memory
+    return [_doc(r, policies, story_id=r[6], group_id=r[7]) for r in rows], {
+        r[0]: r[8] for r in rows
+    }
+
+
+def _texts(con: duckdb.DuckDBPyConnection, rowid_of: Mapping[str, int]) -> dict[str, str]:
+    """Texts of articles by id, read by rowid (a join on ids would scan every text)."""
+    _stage(con, "text_rows", {"rid": pa.array(list(rowid_of.values()), pa.int64())})
+    got = {
+        aid: text
+        for aid, text in con.execute(
+            "SELECT article_id, text FROM articles WHERE rowid IN (SELECT rid FROM text_rows)"
+        ).fetchall()
+        if aid in rowid_of
+    }
+    missing = [aid for aid in rowid_of if aid not in got]
+    if missing:  # rowids moved (row groups merged at a checkpoint)
+        _stage(con, "text_ids", {"article_id": missing})
+        got.update(
+            con.execute(
+                "SELECT article_id, text FROM articles JOIN text_ids USING (article_id)"
+            ).fetchall()
+        )
+    return {aid: text or "" for aid, text in got.items()}
 
 
 def _singletons(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], now: datetime) -> None:
