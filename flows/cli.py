@@ -309,17 +309,26 @@ def parse_since(value: str) -> timedelta | None:
 
 
 # Stories seen since a cutoff, by number of outlets (parameters: cutoff, min outlets, limit).
+# The page of stories is chosen first; only its stories' other headlines are then gathered
+# (a correlated subquery over the whole selection joined every story's articles: 0.3 s at 1M).
 STORIES_SQL = """
-    SELECT s.story_id, s.n_outlets AS outlets, s.n_articles AS articles,
-           s.last_seen_at AS last_seen, s.title,
-           (SELECT string_agg(DISTINCT a.title, ' | ')
-            FROM story_articles m JOIN articles a USING (article_id)
-            WHERE m.story_id = s.story_id AND a.article_id <> s.story_id
-              AND a.title IS DISTINCT FROM s.title) AS other_headlines
-    FROM stories s
-    WHERE s.last_seen_at >= ? AND s.n_outlets >= ?
-    ORDER BY s.n_outlets DESC, s.n_articles DESC, s.last_seen_at DESC, s.story_id
-    LIMIT ?
+    WITH top AS (
+        SELECT story_id, n_outlets, n_articles, last_seen_at, title
+        FROM stories
+        WHERE last_seen_at >= ? AND n_outlets >= ?
+        ORDER BY n_outlets DESC, n_articles DESC, last_seen_at DESC, story_id
+        LIMIT ?
+    ),
+    others AS (
+        SELECT m.story_id, string_agg(DISTINCT a.title, ' | ') AS other_headlines
+        FROM top t JOIN story_articles m USING (story_id) JOIN articles a USING (article_id)
+        WHERE a.article_id <> t.story_id AND a.title IS DISTINCT FROM t.title
+        GROUP BY m.story_id
+    )
+    SELECT t.story_id, t.n_outlets AS outlets, t.n_articles AS articles,
+           t.last_seen_at AS last_seen, t.title, o.other_headlines
+    FROM top t LEFT JOIN others o USING (story_id)
+    ORDER BY t.n_outlets DESC, t.n_articles DESC, t.last_seen_at DESC, t.story_id
 """
 
 

@@ -18,15 +18,17 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.core.models import Article, Candidate, ItemError
 
@@ -368,30 +370,33 @@ class Warehouse:
         ``linked`` are new entries with the article id they point at; ``articles`` the new
         articles. Entries whose article was brought by another entry, and new articles whose
         canonical URL or text repeats an existing article, get a ``duplicates`` row.
+
+        One scan of ``articles`` finds what the batch needs to know (which of its articles
+        exist, who brought the articles its entries point at, the originals its URLs and
+        hashes repeat); the rows the tables lack are then appended as they are, with no
+        anti-join over the big tables. Runs on one DuckDB thread: the statements are small,
+        and a second thread cost twice the CPU on this machine for no gain.
         """
         now = _now()
         art_tbl = _articles_table(articles, run_id)
         ent_tbl = _entries_table(linked, now, run_id)
-        with self.writer() as con:
+        with self.writer() as con, _single_thread(con):
             con.execute("BEGIN")
             try:
                 con.register("staged_articles", art_tbl)
                 con.register("staged_entries", ent_tbl)
-                new_articles = _insert_new(
-                    con,
-                    "articles",
-                    "staged_articles",
-                    "s.article_id = t.article_id",
-                    partition="article_id",
+                found = _lookup_articles(con)
+                new_art = _missing(
+                    _first_per_key(art_tbl, ("article_id",)), ("article_id",), found.ids
                 )
-                new_entries = _insert_new(
+                new_articles = _append(con, "articles", new_art)
+                new_ent = _first_per_key(ent_tbl, ("source", "entry_key"))
+                new_entries = _append(
                     con,
                     "entries",
-                    "staged_entries",
-                    "s.source = t.source AND s.entry_key = t.entry_key",
-                    partition="source, entry_key",
+                    _missing(new_ent, ("source", "entry_key"), _existing_entries(con)),
                 )
-                dup_rows = _find_duplicates(con, art_tbl, ent_tbl, now, run_id)
+                dup_rows = _find_duplicates(con, art_tbl, ent_tbl, new_art, found, now, run_id)
                 if dup_rows:
                     con.register("staged_dups", pa.Table.from_pylist(dup_rows))
                     con.execute(
@@ -401,23 +406,29 @@ class Warehouse:
                     )
                 pages = [a for a in articles if a.page_z is not None]
                 if pages:
-                    con.register(
-                        "staged_pages",
-                        pa.table(
-                            {
-                                "article_id": [a.article_id for a in pages],
-                                "url": [a.url for a in pages],
-                                "html": pa.nulls(len(pages), pa.string()),
-                                "fetched_at": [a.fetched_at for a in pages],
-                                "extractor_version": [a.extractor_version for a in pages],
-                                "html_zlib": pa.array([a.page_z for a in pages], pa.binary()),
-                            }
-                        ),
+                    pages_tbl = pa.table(
+                        {
+                            "article_id": pa.array([a.article_id for a in pages], pa.string()),
+                            "url": pa.array([a.url for a in pages], pa.string()),
+                            "html": pa.nulls(len(pages), pa.string()),
+                            "fetched_at": pa.array([a.fetched_at for a in pages], _UTC_US),
+                            "extractor_version": pa.array(
+                                [a.extractor_version for a in pages], pa.string()
+                            ),
+                            "html_zlib": pa.array([a.page_z for a in pages], pa.binary()),
+                        }
                     )
-                    _insert_new(
-                        con, "pages", "staged_pages", "s.article_id = t.article_id",
-                        partition="article_id",
-                    )  # fmt: skip
+                    pages_tbl = _first_per_key(pages_tbl, ("article_id",))
+                    con.register("staged_pages", pages_tbl)
+                    stored = con.execute(
+                        "SELECT p.article_id FROM pages p SEMI JOIN staged_pages s "
+                        "ON p.article_id = s.article_id"
+                    ).fetchall()
+                    _append(
+                        con,
+                        "pages",
+                        _missing(pages_tbl, ("article_id",), {(r[0],) for r in stored}),
+                    )
                 _insert_item_errors(con, run_id, errors, now)
                 _count_write(con)
                 con.execute("COMMIT")
@@ -604,66 +615,141 @@ def _insert_item_errors(
         )
 
 
-def _insert_new(
-    con: duckdb.DuckDBPyConnection, table: str, staged: str, match: str, *, partition: str
-) -> int:
-    """Anti-join insert (fast, idempotent); the first staged row of each key wins."""
-    before = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-    dupes = con.execute(f"SELECT count(*) - count(DISTINCT ({partition})) FROM {staged}").fetchone()
-    source = (
-        f"(SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER (PARTITION BY {partition}) "
-        f"AS _rn FROM {staged}) WHERE _rn = 1)"
-        if dupes and dupes[0]
-        else staged
-    )
-    con.execute(
-        f"INSERT INTO {table} BY NAME SELECT * FROM {source} s "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {table} t WHERE {match})"
-    )
-    after = con.execute(f"SELECT count(*) FROM {table}").fetchone()
-    return int(after[0]) - int(before[0]) if before and after else 0
-
-
 _ARTICLE_COLUMNS = (
     "article_id", "source", "entry_key", "url", "canonical_url", "title", "text", "author",
     "published_at", "site_name", "language", "tags", "content_hash", "fetched_at",
     "text_origin", "fallback_reason", "extractor_version",
 )  # fmt: skip
 _UTC_US = pa.timestamp("us", tz="UTC")
+_STRING = pa.string()
 
 
 def _articles_table(articles: Sequence[Article], run_id: str) -> pa.Table:
     """The batch as an Arrow table, built column by column with declared types."""
     cols: dict[str, pa.Array] = {}
     for name in _ARTICLE_COLUMNS:
-        values = [getattr(a, name) for a in articles]
+        values = list(map(attrgetter(name), articles))
         if name == "tags":
-            cols[name] = pa.array([list(v) for v in values], pa.list_(pa.string()))
+            cols[name] = pa.array(values, pa.list_(pa.string()))
         elif name in ("published_at", "fetched_at"):
             cols[name] = pa.array(values, _UTC_US)
         else:
             cols[name] = pa.array(values, pa.string())
-    cols["run_id"] = pa.array([run_id] * len(articles), pa.string())
+    cols["run_id"] = pa.repeat(pa.scalar(run_id, pa.string()), len(articles))
     return pa.table(cols)
 
 
 def _entries_table(linked: Sequence[tuple[Candidate, str]], now: datetime, run_id: str) -> pa.Table:
+    cands = [c for c, _ in linked]
+
+    def col(name: str, kind: pa.DataType = _STRING) -> pa.Array:
+        return pa.array(list(map(attrgetter(name), cands)), kind)
+
     return pa.table(
         {
-            "source": [c.source for c, _ in linked],
-            "entry_key": [c.entry_key for c, _ in linked],
-            "key_kind": [c.key_kind for c, _ in linked],
-            "guid": [c.guid for c, _ in linked],
-            "url": [c.url for c, _ in linked],
-            "canonical_url": [c.canonical_url for c, _ in linked],
-            "title": [c.title for c, _ in linked],
-            "published_at": pa.array(
-                [c.published_at for c, _ in linked], type=pa.timestamp("us", tz="UTC")
-            ),
-            "article_id": [a for _, a in linked],
-            "first_seen_at": pa.array([now] * len(linked), type=pa.timestamp("us", tz="UTC")),
-            "run_id": [run_id] * len(linked),
+            "source": col("source"),
+            "entry_key": col("entry_key"),
+            "key_kind": col("key_kind"),
+            "guid": col("guid"),
+            "url": col("url"),
+            "canonical_url": col("canonical_url"),
+            "title": col("title"),
+            "published_at": col("published_at", _UTC_US),
+            "article_id": pa.array([a for _, a in linked], pa.string()),
+            "first_seen_at": pa.repeat(pa.scalar(now, _UTC_US), len(linked)),
+            "run_id": pa.repeat(pa.scalar(run_id, pa.string()), len(linked)),
         }
+    )
+
+
+@contextmanager
+def _single_thread(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Run the block's statements on one DuckDB thread, then restore the setting."""
+    row = con.execute("SELECT current_setting('threads')").fetchone()
+    con.execute("SET threads = 1")
+    try:
+        yield
+    finally:
+        con.execute(f"SET threads = {int(row[0]) if row else 1}")
+
+
+def _first_per_key(tbl: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """The table's rows, the first one of each key only (in staged order)."""
+    if tbl.group_by(list(keys), use_threads=False).aggregate([]).num_rows == tbl.num_rows:
+        return tbl  # the usual case: every key once
+    seen: set[tuple[Any, ...]] = set()
+    keep: list[int] = []
+    for i, key in enumerate(zip(*(tbl.column(k).to_pylist() for k in keys), strict=True)):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return tbl.take(keep)
+
+
+def _missing(
+    tbl: pa.Table, keys: tuple[str, ...], present: Collection[tuple[Any, ...]]
+) -> pa.Table:
+    """The table's rows whose key is not ``present``."""
+    if not present:
+        return tbl
+    cols = [tbl.column(k).to_pylist() for k in keys]
+    mask = [key not in present for key in zip(*cols, strict=True)]
+    return tbl.filter(pa.array(mask, pa.bool_()))
+
+
+def _append(con: duckdb.DuckDBPyConnection, table: str, rows: pa.Table) -> int:
+    """Append the rows as they are (the caller left out the keys the table holds)."""
+    if rows.num_rows:
+        con.register("staged_append", rows)
+        try:
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM staged_append")
+        finally:
+            con.unregister("staged_append")
+    return int(rows.num_rows)
+
+
+def _existing_entries(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str]]:
+    """The ``(source, entry_key)`` of ``staged_entries`` that ``entries`` holds already."""
+    rows = con.execute(
+        "SELECT e.source, e.entry_key FROM entries e SEMI JOIN staged_entries s "
+        "ON e.source = s.source AND e.entry_key = s.entry_key"
+    ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What one scan of ``articles`` (before the batch's inserts) tells a batch.
+
+    ``owner``: the source and entry key that brought each stored article the batch names (by
+    id, canonical URL or hash); ``matches``: ``(canonical_url, content_hash, article_id)`` of
+    those rows, earliest fetched (then published, then id) first.
+    """
+
+    owner: dict[str, tuple[str, str]]
+    matches: list[tuple[str | None, str, str]]
+
+    @property
+    def ids(self) -> set[tuple[str]]:
+        return {(aid,) for aid in self.owner}
+
+
+def _lookup_articles(con: duckdb.DuckDBPyConnection) -> _Found:
+    """The stored articles that ``staged_articles`` / ``staged_entries`` name by id, or whose
+    canonical URL or content hash a staged article repeats (one scan of ``articles``)."""
+    rows = con.execute(
+        """
+        SELECT article_id, source, entry_key, canonical_url, content_hash
+        FROM articles
+        WHERE article_id IN (SELECT article_id FROM staged_articles
+                             UNION ALL SELECT article_id FROM staged_entries)
+           OR canonical_url IN (SELECT canonical_url FROM staged_articles)
+           OR content_hash IN (SELECT content_hash FROM staged_articles)
+        ORDER BY fetched_at, published_at NULLS LAST, article_id
+        """
+    ).fetchall()
+    return _Found(
+        owner={r[0]: (r[1], r[2]) for r in rows}, matches=[(r[3], r[4], r[0]) for r in rows]
     )
 
 
@@ -671,6 +757,8 @@ def _find_duplicates(
     con: duckdb.DuckDBPyConnection,
     art_tbl: pa.Table,
     ent_tbl: pa.Table,
+    inserted: pa.Table,
+    found: _Found,
     now: datetime,
     run_id: str,
 ) -> list[dict[str, Any]]:
@@ -680,64 +768,85 @@ def _find_duplicates(
     2. A new article whose page names the canonical URL of another article: ``canonical_url``.
     3. A new article whose normalised text hashes like an earlier article's: ``content_hash``.
     The earlier article is the original: already loaded, else earliest published, then id.
+    ``found`` is what the warehouse held before the batch, ``inserted`` the articles the
+    batch added; an entry or article with a ``duplicates`` row already gets none. Whole
+    columns are compared in Arrow; Python sees only the rows that share a key.
     """
     rows: list[dict[str, Any]] = []
     if ent_tbl.num_rows:
-        for source, entry_key, article_id in con.execute(
-            """
-            SELECT e.source, e.entry_key, e.article_id
-            FROM staged_entries e JOIN articles a USING (article_id)
-            WHERE NOT (a.source = e.source AND a.entry_key = e.entry_key)
-              AND NOT EXISTS (SELECT 1 FROM duplicates d
-                              WHERE d.source = e.source AND d.entry_key = e.entry_key)
-            """
-        ).fetchall():
-            rows.append(
-                _dup(source, entry_key, article_id, article_id, "canonical_url", now, run_id)
+        # Who brought each entry's article: the stored one, else the one this batch added.
+        owners = pa.concat_tables(
+            [
+                pa.table(
+                    {
+                        "article_id": pa.array(list(found.owner), _STRING),
+                        "o_source": pa.array([o[0] for o in found.owner.values()], _STRING),
+                        "o_key": pa.array([o[1] for o in found.owner.values()], _STRING),
+                    }
+                ),
+                inserted.select(["article_id", "source", "entry_key"]).rename_columns(
+                    ["article_id", "o_source", "o_key"]
+                ),
+            ]
+        )
+        joined = ent_tbl.select(["source", "entry_key", "article_id"]).join(
+            owners, "article_id", join_type="inner", use_threads=False
+        )
+        other = joined.filter(
+            pc.or_(
+                pc.not_equal(joined["source"], joined["o_source"]),
+                pc.not_equal(joined["entry_key"], joined["o_key"]),
             )
+        )
+        if other.num_rows:
+            linked = list(
+                zip(
+                    other["source"].to_pylist(),
+                    other["entry_key"].to_pylist(),
+                    other["article_id"].to_pylist(),
+                    strict=True,
+                )
+            )
+            marked = _duplicate_keys(con, [(s, k) for s, k, _ in linked])
+            for source, key, aid in linked:
+                if (source, key) not in marked:
+                    rows.append(_dup(source, key, aid, aid, "canonical_url", now, run_id))
     if not art_tbl.num_rows:
         return rows
-    # Originals already in the warehouse (before this batch), by canonical URL and by hash.
-    known = con.execute(
-        """
-        SELECT a.canonical_url, a.content_hash, a.article_id, a.published_at
-        FROM articles a
-        WHERE (a.canonical_url IN (SELECT canonical_url FROM staged_articles)
-               OR a.content_hash IN (SELECT content_hash FROM staged_articles))
-          AND a.article_id NOT IN (SELECT article_id FROM staged_articles)
-          AND NOT EXISTS (SELECT 1 FROM duplicates d
-                          WHERE d.article_id = a.article_id AND d.level <> 'canonical_url')
-        ORDER BY a.fetched_at, a.published_at NULLS LAST, a.article_id
-        """
-    ).fetchall()
+    urls, hashes = art_tbl["canonical_url"], art_tbl["content_hash"]
+    # Originals already in the warehouse (before this batch), by canonical URL and by hash;
+    # an article filed as a copy of another (above the canonical-URL level) is none.
+    known = found.matches
+    if known:
+        shares = pc.or_(
+            pc.fill_null(_is_in(pa.array([k[0] for k in known], _STRING), urls), False),
+            _is_in(pa.array([k[1] for k in known], _STRING), hashes),
+        ).to_pylist()
+        staged_ids = set(art_tbl["article_id"].to_pylist())
+        known = [k for k, share in zip(known, shares, strict=True) if share]
+        known = [k for k in known if k[2] not in staged_ids]
+    if known:
+        copies = _copies(con, [aid for _, _, aid in known])
+        known = [k for k in known if k[2] not in copies]
     by_url: dict[str, str] = {}
     by_hash: dict[str, str] = {}
-    for canon, chash, aid, _pub in known:
+    for canon, chash, aid in known:
         if canon:
             by_url.setdefault(canon, aid)
         by_hash.setdefault(chash, aid)
     # Only an article sharing its canonical URL or hash with another one (staged or loaded)
     # can be, or make, a duplicate; the others are originals whatever the order.
-    ids = art_tbl.column("article_id").to_pylist()
-    urls = art_tbl.column("canonical_url").to_pylist()
-    hashes = art_tbl.column("content_hash").to_pylist()
-    url_ids: dict[str, set[str]] = {}
-    hash_ids: dict[str, set[str]] = {}
-    for aid, canon, chash in zip(ids, urls, hashes, strict=True):
-        if canon:
-            url_ids.setdefault(canon, set()).add(aid)
-        hash_ids.setdefault(chash, set()).add(aid)
-    shared_urls = {u for u, owners in url_ids.items() if len(owners) > 1 or u in by_url}
-    shared_hashes = {h for h, owners in hash_ids.items() if len(owners) > 1 or h in by_hash}
-    involved = [
-        i
-        for i, (canon, chash) in enumerate(zip(urls, hashes, strict=True))
-        if canon in shared_urls or chash in shared_hashes
-    ]
-    if not involved:
+    with_url = art_tbl.filter(pc.fill_null(pc.not_equal(urls, ""), False))
+    shared_urls = _shared(with_url, "canonical_url") + list(by_url)
+    shared_hashes = _shared(art_tbl, "content_hash") + list(by_hash)
+    involved = pc.or_(
+        pc.fill_null(_is_in(urls, pa.array(shared_urls, _STRING)), False),
+        _is_in(hashes, pa.array(shared_hashes, _STRING)),
+    )
+    if not pc.any(involved).as_py():
         return rows
     staged = sorted(
-        art_tbl.take(involved)
+        art_tbl.filter(involved)
         .select(
             ["article_id", "source", "entry_key", "canonical_url", "content_hash", "published_at"]
         )
@@ -767,6 +876,47 @@ def _find_duplicates(
                 by_url.setdefault(canon, aid)
             by_hash.setdefault(chash, aid)
     return rows
+
+
+def _is_in(values: Any, value_set: Any) -> Any:
+    """Which ``values`` are in ``value_set``, as SQL's ``IN``: null is in nothing."""
+    return pc.is_in(values, value_set=value_set, skip_nulls=True)
+
+
+def _shared(tbl: pa.Table, column: str) -> list[str]:
+    """Values of ``column`` that more than one distinct article id of ``tbl`` carries."""
+    counts = tbl.group_by(column, use_threads=False).aggregate([("article_id", "count_distinct")])
+    return [
+        str(v)
+        for v in counts.filter(pc.greater(counts["article_id_count_distinct"], 1))[
+            column
+        ].to_pylist()
+    ]
+
+
+def _duplicate_keys(
+    con: duckdb.DuckDBPyConnection, keys: Sequence[tuple[str, str]]
+) -> set[tuple[str, str]]:
+    """Which of these ``(source, entry_key)`` have a ``duplicates`` row."""
+    with _staged(
+        con, "staged_dup_keys", {"source": [s for s, _ in keys], "entry_key": [k for _, k in keys]}
+    ):
+        rows = con.execute(
+            "SELECT d.source, d.entry_key FROM duplicates d SEMI JOIN staged_dup_keys s "
+            "ON d.source = s.source AND d.entry_key = s.entry_key"
+        ).fetchall()
+    return {(r[0], r[1]) for r in rows}
+
+
+def _copies(con: duckdb.DuckDBPyConnection, article_ids: Sequence[str]) -> set[str]:
+    """Which of these articles are filed as copies of another (a duplicates row above the
+    canonical-URL level)."""
+    with _staged(con, "staged_copy_ids", {"article_id": article_ids}):
+        rows = con.execute(
+            "SELECT DISTINCT d.article_id FROM duplicates d SEMI JOIN staged_copy_ids s "
+            "ON d.article_id = s.article_id WHERE d.level <> 'canonical_url'"
+        ).fetchall()
+    return {r[0] for r in rows}
 
 
 def _dup(
