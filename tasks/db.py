@@ -380,7 +380,7 @@ class Warehouse:
         now = _now()
         art_tbl = _articles_table(articles, run_id)
         ent_tbl = _entries_table(linked, now, run_id)
-        with self.writer() as con, _single_thread(con):
+        with self.writer() as con, single_thread(con):
             con.execute("BEGIN")
             try:
                 con.register("staged_articles", art_tbl)
@@ -663,7 +663,7 @@ def _entries_table(linked: Sequence[tuple[Candidate, str]], now: datetime, run_i
 
 
 @contextmanager
-def _single_thread(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+def single_thread(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
     """Run the block's statements on one DuckDB thread, then restore the setting."""
     row = con.execute("SELECT current_setting('threads')").fetchone()
     con.execute("SET threads = 1")

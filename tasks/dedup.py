@@ -29,7 +29,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import duckdb
 import numpy as np
@@ -42,7 +42,7 @@ from scipy.sparse import csgraph
 from config.settings import Settings
 from tasks.core import neardup, stories
 from tasks.core.features import Features, article_features
-from tasks.db import Warehouse
+from tasks.db import Warehouse, single_thread
 
 MIN_NEAR_SHINGLES = 20
 """Texts with fewer shingles are too short to call near-duplicates (a headline, a teaser)."""
@@ -169,6 +169,7 @@ def _read_ahead(
     k: int,
     batch_of: Mapping[str, int],
     window: timedelta,
+    policies: Mapping[str, SourcePolicy],
 ) -> _Batch:
     """Read batch ``k`` and start its features. Exact copies get no sketch (their original
     stands for them); those that will be filed under their original's story (it is clustered,
@@ -179,10 +180,34 @@ def _read_ahead(
     clustered = _ids_in(
         con,
         "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
-        sorted({o for o, _ in copies.values()}),
+        sorted({o.id for o in copies.values()}),
     )
-    filed = _filed(copies, rows, lambda o: o in clustered or batch_of.get(o, k + 1) <= k, window)
+    filed = _filed(
+        copies, rows, lambda o: o in clustered or batch_of.get(o, k + 1) <= k, window, policies
+    )
     return _Batch(rows, copies, pool.submit(rows, exact=copies.keys(), filed=filed.keys()))
+
+
+_EXACT = ("content_hash", "canonical_url")
+
+
+class _Original(NamedTuple):
+    """The article a copy repeats: its id, time (UTC-naive) and source."""
+
+    id: str
+    time: datetime | None
+    source: str
+
+
+_COPY_SQL = """
+    SELECT d.article_id, min(d.duplicate_of),
+           arg_min(timezone('UTC', coalesce(a.published_at, a.fetched_at)), d.duplicate_of),
+           arg_min(a.source, d.duplicate_of)
+    FROM ids_in JOIN duplicates d USING (article_id)
+    JOIN articles a ON a.article_id = d.duplicate_of
+    WHERE d.level IN ({levels}) AND d.article_id <> d.duplicate_of
+    GROUP BY d.article_id
+"""
 
 
 @dataclass
@@ -191,7 +216,7 @@ class _Batch:
     features being computed for it."""
 
     rows: list[tuple[Any, ...]]
-    copies: dict[str, tuple[str, datetime | None]]
+    copies: dict[str, _Original]
     features: _PendingFeatures
 
 
@@ -306,6 +331,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
         pending = _pending(con)
     batches = [pending[k : k + batch_size] for k in range(0, len(pending), batch_size)]
     batch_of = {aid: k // batch_size for k, (_, aid) in enumerate(pending)}
+    window = params.window
     cache = _PassCache(_RawCache(RAW_CACHE), _DocFrequencies(DF_CACHE))
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
         ahead: _Batch | None = None
@@ -313,14 +339,19 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
             if k % SESSION_BATCHES == 0:  # one connection for a few batches, then readers' turn
                 session.close()
                 session.enter_context(wh.session())
-                session.enter_context(_one_thread(wh))
+                with wh.writer() as con:  # the session's connection, open until it ends
+                    # One DuckDB thread: its queries here are many and small, and the feature
+                    # workers have the other cores (two threads cost a third more CPU).
+                    session.enter_context(single_thread(con))
             with wh.writer() as con:
                 t0 = time.perf_counter()
                 if ahead is None:
-                    ahead = _read_ahead(con, pool, batches[k], k, batch_of, params.window)
+                    ahead = _read_ahead(con, pool, batches[k], k, batch_of, window, policies)
                 batch, ahead = ahead, None
                 if k + 1 < len(batches):
-                    ahead = _read_ahead(con, pool, batches[k + 1], k + 1, batch_of, params.window)
+                    ahead = _read_ahead(
+                        con, pool, batches[k + 1], k + 1, batch_of, window, policies
+                    )
                 feats = batch.features.result()
                 result.seconds["features_wait"] += time.perf_counter() - t0
                 rows = batch.rows
@@ -337,20 +368,6 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
             cache.raws.add(feats.raws)
             result.articles += len(rows)
     return result
-
-
-@contextmanager
-def _one_thread(wh: Warehouse) -> Iterator[None]:
-    """DuckDB on one thread while clustering: its queries are many and small, and the feature
-    workers have the other cores (two threads cost a third more CPU, and more wall time on a
-    busy machine)."""
-    with wh.writer() as con:
-        con.execute("SET threads = 1")
-    try:
-        yield
-    finally:
-        with wh.writer() as con:
-            con.execute("RESET threads")
 
 
 def _doc(row: Sequence[Any], policies: Mapping[str, SourcePolicy], **kw: Any) -> stories.StoryDoc:
@@ -758,7 +775,7 @@ def _stories(
 ) -> int:
     t0 = time.perf_counter()
     rows = batch.rows
-    copy_of = _exact_originals(con, rows, batch.copies, params.window)
+    copy_of = _copies_to_file(con, rows, batch.copies, params.window, policies)
     new_docs = [_doc(r, policies) for r in rows if r[0] not in copy_of]
     missing = [d for d in new_docs if d.id not in raws]
     if missing:  # exact copies not filed (the original is outside the window): featurised here
@@ -882,63 +899,64 @@ def _stories(
 
 
 def _copy_pairs(
-    con: duckdb.DuckDBPyConnection, ids: Sequence[str]
-) -> dict[str, tuple[str, datetime | None]]:
-    """Exact copies among ``ids`` (same text or canonical URL as an earlier article):
-    copy -> (original, the original's time, UTC-naive)."""
+    con: duckdb.DuckDBPyConnection, ids: Sequence[str], levels: Sequence[str] = _EXACT
+) -> dict[str, _Original]:
+    """Copies among ``ids`` at ``levels`` (by default exact copies: the same text or canonical
+    URL as an earlier article): copy -> its original."""
     _stage(con, "ids_in", {"article_id": ids})
-    return {
-        c: (o, t)
-        for c, o, t in con.execute(
-            "SELECT d.article_id, min(d.duplicate_of), "
-            "arg_min(timezone('UTC', coalesce(a.published_at, a.fetched_at)), d.duplicate_of) "
-            "FROM ids_in JOIN duplicates d USING (article_id) "
-            "JOIN articles a ON a.article_id = d.duplicate_of "
-            "WHERE d.level IN ('content_hash', 'canonical_url') AND d.article_id <> d.duplicate_of "
-            "GROUP BY d.article_id"
-        ).fetchall()
-    }
+    sql = _COPY_SQL.format(levels=", ".join(f"'{v}'" for v in levels))
+    return {c: _Original(o, t, src) for c, o, t, src in con.execute(sql).fetchall()}
 
 
 def _filed(
-    copies: Mapping[str, tuple[str, datetime | None]],
+    copies: Mapping[str, _Original],
     rows: Sequence[tuple[Any, ...]],
     clustered: Callable[[str], bool],
     window: timedelta,
+    policies: Mapping[str, SourcePolicy],
 ) -> dict[str, str]:
     """The copies filed under their original's story: copy -> original. Clustering every copy
-    of a text republished a hundred times would re-cluster ever larger groups of identical
-    articles. A copy whose original is itself a copy, is not ``clustered``, or lies outside the
-    window is clustered like any article."""
+    of a text republished a hundred times would re-cluster ever larger groups of copies. A copy
+    is clustered like any article when its original is itself a copy, is not ``clustered``,
+    lies outside the window, or when either source keeps its articles out of others' stories."""
     times = {r[0]: r[3] or r[4] for r in rows}
+    merges = {r[0]: policies.get(r[5], SourcePolicy()).stories for r in rows}
 
     def near_in_time(copy: str, t: datetime | None) -> bool:
         c = times[copy]
         return c is None or t is None or abs(c - t) <= window
 
     return {
-        c: o
-        for c, (o, t) in copies.items()
-        if o not in copies and clustered(o) and near_in_time(c, t)
+        c: o.id
+        for c, o in copies.items()
+        if o.id not in copies
+        and clustered(o.id)
+        and near_in_time(c, o.time)
+        and merges[c]
+        and policies.get(o.source, SourcePolicy()).stories
     }
 
 
-def _exact_originals(
+def _copies_to_file(
     con: duckdb.DuckDBPyConnection,
     rows: list[tuple[Any, ...]],
-    copies: Mapping[str, tuple[str, datetime | None]],
+    exact: Mapping[str, _Original],
     window: timedelta,
+    policies: Mapping[str, SourcePolicy],
 ) -> dict[str, str]:
-    """The batch's exact copies filed under their original (clustered, or in the batch)."""
+    """The batch's copies filed under their original (clustered, or in the batch): exact
+    copies, and near-duplicates under their group's canonical copy (just linked)."""
+    near = _copy_pairs(con, [r[0] for r in rows if r[0] not in exact], ("near_duplicate",))
+    copies = {**near, **exact}
     if not copies:
         return {}
     clustered = _ids_in(
         con,
         "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
-        sorted({o for o, _ in copies.values()}),
+        sorted({o.id for o in copies.values()}),
     )
     batch = {r[0] for r in rows}
-    return _filed(copies, rows, lambda o: o in clustered or o in batch, window)
+    return _filed(copies, rows, lambda o: o in clustered or o in batch, window, policies)
 
 
 def _follow_originals(

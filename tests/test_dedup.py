@@ -142,6 +142,7 @@ def test_clustering_twice_changes_nothing(tmp_path, make_config, db):
 def test_source_policies_keep_every_copy_and_every_story_apart(tmp_path, make_config, db):
     a = copy_examples(tmp_path / "a", [GAZETTE, LEDGER])
     b = copy_examples(tmp_path / "b", [COURIER, RIVERTON])
+    shutil.copy(EXAMPLES / GAZETTE, b / "gazette-copy.html")  # an exact copy of a's article
     cfg = make_config(
         [
             {"name": "a", "kind": "files", "path": str(a)},
@@ -160,6 +161,7 @@ def test_source_policies_keep_every_copy_and_every_story_apart(tmp_path, make_co
     story = stories_by_file(db)
     assert story[GAZETTE] != story[COURIER]
     assert story[LEDGER] != story[RIVERTON]
+    assert story[GAZETTE] != story["gazette-copy.html"]  # b's copies stay out of a's stories
     assert db("SELECT count(*) FROM duplicates WHERE level = 'near_duplicate'") == [(0,)]
 
 
@@ -316,7 +318,7 @@ def test_near_duplicate_groups_point_at_the_earliest_copy_in_any_order(tmp_path)
     assert near_links_in_runs(tmp_path / "mixed", [["b"], ["c", "a"]]) == expected
 
 
-def test_an_exact_copy_joins_its_originals_story_and_follows_it(tmp_path):
+def test_copies_join_their_originals_story_and_follow_it(tmp_path):
     folder = tmp_path / "in"
     folder.mkdir()
     cfg = write_config(
@@ -325,9 +327,11 @@ def test_an_exact_copy_joins_its_originals_story_and_follows_it(tmp_path):
         [{"name": "in", "kind": "files", "path": str(folder)}],
     )
     dateline = "KELLSWICK (Wire) - " + WIRE
+    trimmed = WIRE.rsplit(" Test runs", 1)[0]
     runs = [
         [("orig", WIRE, "2024-05-06T08:00:00Z"), ("copy", WIRE, "2024-05-06T09:00:00Z")],
         [("early", dateline, "2024-05-06T07:00:00Z")],  # an earlier report: the story moves to it
+        [("trimmed", trimmed, "2024-05-06T10:00:00Z")],  # a near copy, filed under the canonical
     ]
     for k, run in enumerate(runs):
         lines = [
@@ -349,6 +353,8 @@ def test_an_exact_copy_joins_its_originals_story_and_follows_it(tmp_path):
         """
     ).fetchall()
     con.close()
-    # The copy is filed under its original (not clustered again) and moves with its story.
-    assert ("copy", "early", "duplicate", "orig", 3) in rows
+    # The exact copy is filed under its original (not clustered again) and moves with its
+    # story; the near copy is filed under its group's canonical copy.
+    assert ("copy", "early", "duplicate", "orig", 4) in rows
+    assert ("trimmed", "early", "duplicate", "early", 4) in rows
     assert {r[1] for r in rows} == {"early"}
