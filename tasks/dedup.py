@@ -777,6 +777,9 @@ def _stories(
     rows = batch.rows
     copy_of = _copies_to_file(con, rows, batch.copies, params.window, policies)
     new_docs = [_doc(r, policies) for r in rows if r[0] not in copy_of]
+    # Stored articles that became near copies of a new article (it is earlier) are filed too,
+    # as they would have been had they arrived after it: arrival order does not matter.
+    refiled, refiled_from = _stored_copies_to_file(con, new_docs, params.window, policies)
     missing = [d for d in new_docs if d.id not in raws]
     if missing:  # exact copies not filed (the original is outside the window): featurised here
         raws = {**raws, **stories.raw_term_frequencies(missing, params)}
@@ -831,7 +834,7 @@ def _stories(
             "FROM staged_blocking WHERE fresh"
         )
     t1 = time.perf_counter()
-    neighbours, rowid_of = _neighbours(con, new_docs, params, overrides, policies)
+    neighbours, rowid_of = _neighbours(con, new_docs, params, overrides, policies, refiled)
     t2 = time.perf_counter()
     if neighbours:
         known = cache.raws.data
@@ -887,8 +890,15 @@ def _stories(
     )
     con.execute("INSERT INTO story_articles SELECT * FROM changed_assign")
     con.execute("DROP TABLE changed_assign")
-    assigned = [a.article_id for a in assignments]
-    touched |= _follow_originals(con, copy_of, assigned, params, now)
+    assigned = [a.article_id for a in assignments] + list(refiled)
+    touched |= _follow_originals(con, {**copy_of, **refiled}, assigned, params, now)
+    touched |= refiled_from
+    if refiled:  # copies filed under a refiled article now point at its canonical copy
+        _stage(con, "refiled", {"old": list(refiled), "new": list(refiled.values())})
+        con.execute(
+            "UPDATE story_articles SET linked_to = r.new FROM refiled r "
+            "WHERE story_articles.reason = 'duplicate' AND story_articles.linked_to = r.old"
+        )
     _rebuild_stories(con, sorted(touched), now)
     t5 = time.perf_counter()
     for key, dt in (("stories_vocabulary", t1 - t0), ("stories_neighbours", t2 - t1),
@@ -915,26 +925,37 @@ def _filed(
     window: timedelta,
     policies: Mapping[str, SourcePolicy],
 ) -> dict[str, str]:
-    """The copies filed under their original's story: copy -> original. Clustering every copy
-    of a text republished a hundred times would re-cluster ever larger groups of copies. A copy
-    is clustered like any article when its original is itself a copy, is not ``clustered``,
-    lies outside the window, or when either source keeps its articles out of others' stories."""
+    """The copies filed under their original's story: copy -> original (the first of a chain
+    of copies). Clustering every copy of a text republished a hundred times would re-cluster
+    ever larger groups of copies. A copy is clustered like any article when its original is not
+    ``clustered``, lies outside the window, or when either source keeps its articles out of
+    others' stories."""
     times = {r[0]: r[3] or r[4] for r in rows}
     merges = {r[0]: policies.get(r[5], SourcePolicy()).stories for r in rows}
+
+    def first(o: _Original) -> _Original:
+        seen = {o.id}
+        while o.id in copies and copies[o.id].id not in seen:
+            o = copies[o.id]
+            seen.add(o.id)
+        return o
 
     def near_in_time(copy: str, t: datetime | None) -> bool:
         c = times[copy]
         return c is None or t is None or abs(c - t) <= window
 
-    return {
-        c: o.id
-        for c, o in copies.items()
-        if o.id not in copies
-        and clustered(o.id)
-        and near_in_time(c, o.time)
-        and merges[c]
-        and policies.get(o.source, SourcePolicy()).stories
-    }
+    filed = {}
+    for c, o in copies.items():
+        o = first(o)
+        if (
+            o.id not in copies
+            and clustered(o.id)
+            and near_in_time(c, o.time)
+            and merges[c]
+            and policies.get(o.source, SourcePolicy()).stories
+        ):
+            filed[c] = o.id
+    return filed
 
 
 def _copies_to_file(
@@ -957,6 +978,39 @@ def _copies_to_file(
     )
     batch = {r[0] for r in rows}
     return _filed(copies, rows, lambda o: o in clustered or o in batch, window, policies)
+
+
+def _stored_copies_to_file(
+    con: duckdb.DuckDBPyConnection,
+    new_docs: Sequence[stories.StoryDoc],
+    window: timedelta,
+    policies: Mapping[str, SourcePolicy],
+) -> tuple[dict[str, str], set[str]]:
+    """Clustered articles just linked as near copies of a new article (an earlier copy took
+    their group over) that are to be filed under it: copy -> new article; and their stories."""
+    times = {d.id: d.time for d in new_docs}
+    _stage(con, "ids_in", {"article_id": list(times)})
+    found = con.execute(
+        """
+        SELECT d.article_id, d.duplicate_of, timezone('UTC', coalesce(c.published_at,
+               c.fetched_at)), c.source, n.source, s.story_id
+        FROM ids_in i JOIN duplicates d ON d.duplicate_of = i.article_id
+        JOIN story_articles s ON s.article_id = d.article_id
+        JOIN articles c ON c.article_id = d.article_id
+        JOIN articles n ON n.article_id = d.duplicate_of
+        WHERE d.level = 'near_duplicate' AND s.reason <> 'duplicate'
+        """
+    ).fetchall()
+    filed: dict[str, str] = {}
+    stories_of: set[str] = set()
+    for copy, new, t, copy_source, new_source, story in found:
+        at = times[new]
+        in_window = t is None or at is None or abs(t - at) <= window
+        merges = all(policies.get(x, SourcePolicy()).stories for x in (copy_source, new_source))
+        if in_window and merges:
+            filed[copy] = new
+            stories_of.add(story)
+    return filed, stories_of
 
 
 def _follow_originals(
@@ -1056,16 +1110,17 @@ def _neighbours(
     params: stories.StoryParams,
     overrides: stories.Overrides,
     policies: Mapping[str, SourcePolicy],
+    leave_out: Collection[str] = (),
 ) -> tuple[list[stories.StoryDoc], dict[str, int]]:
     """Stored articles sharing a blocking term (``staged_blocking``) within the window, as
-    whole groups, without their texts; and their rowids."""
+    whole groups (but for ``leave_out``), without their texts; and their rowids."""
     new_ids = [d.id for d in new_docs]
     new_set = set(new_ids)
     times = [d.time for d in new_docs if d.time is not None]
     window = params.window
     lo = (min(times) - window) if times and len(times) == len(new_docs) else datetime(1, 1, 1)
     hi = (max(times) + window) if times and len(times) == len(new_docs) else datetime(9999, 1, 1)
-    _stage(con, "batch_ids", {"article_id": new_ids})
+    _stage(con, "batch_ids", {"article_id": new_ids + list(leave_out)})
     partners = [
         b if a in new_set else a for a, b in overrides.must_link if (a in new_set) != (b in new_set)
     ]
