@@ -369,6 +369,10 @@ def main() -> None:
             **{k: round(v, 2) for k, v in o["stage_seconds"].items()},
             "dedup": round(s["seconds"]["dedup"], 2),
             "search_index": round(s["seconds"]["search_index"], 2),
+            # indexed in a thread while later batches were fetched and extracted (overlapping them)
+            "search_index_during_load": round(
+                s["seconds"].get("search_index_during_sources", 0.0), 2
+            ),
         },
         "requests": page_hits_cold,
         "new_articles": s["new_articles"],
