@@ -32,6 +32,8 @@ import csv
 import json
 import multiprocessing
 import os
+import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -39,13 +41,15 @@ import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
-from html import escape
+from html import escape, unescape
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tasks.core.neardup import normalise_words  # noqa: E402
 from tests.support.httpserver import Route, TestServer  # noqa: E402
 
 CORPUS = ROOT.parent / "shared" / "corpus"
@@ -57,25 +61,80 @@ def corpus_pages() -> list[tuple[str, bytes]]:
     return [(r["id"], (CORPUS / r["local_path"]).read_bytes()) for r in rows]
 
 
-def variant(html: bytes, k: int) -> bytes:
-    """Copy ``k`` of a page: one sentence of its own at the top of the first paragraph."""
+_HIDDEN = re.compile(
+    rb"<(script|style|noscript|template|textarea)\b.*?</\1\s*>|<!--.*?-->", re.I | re.S
+)
+_TEXT_NODE = re.compile(rb">([^<>]{40,})<")
+
+
+def _words(raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", "replace")
+    return " ".join(normalise_words(unescape(text)))
+
+
+def article_spans(html: bytes, text: str) -> list[tuple[int, int]]:
+    """Byte spans of the page's text nodes that Trafilatura keeps in the article ``text``."""
+    body = " ".join(normalise_words(text))
+    masked = _HIDDEN.sub(lambda m: b" " * len(m.group(0)), html)
+    spans = []
+    for m in _TEXT_NODE.finditer(masked):
+        words = _words(m.group(1))
+        if len(words) >= 30 and words in body:
+            spans.append(m.span(1))
+    return spans
+
+
+def variant(html: bytes, k: int, spans: list[tuple[int, int]], host: str | None) -> bytes:
+    """Copy ``k`` of a page, as another site would republish it, lightly edited.
+
+    The article text changes: `` (update k)`` goes into up to three of its paragraphs (``spans``,
+    the text nodes the original's extraction keeps; picked by ``k``), so the copy's text is a
+    near duplicate of the original's, never an exact one. The page's own host (``host``, from
+    its canonical URL) becomes ``c<k>.<host>`` in every absolute link, so the copy names a
+    canonical URL of its own instead of the original's (which would make it a duplicate by URL).
+    """
     if k == 0:
         return html
-    marker = f"Update {k}: this copy was filed by desk {k % 17} at {k % 24:02d}:00. ".encode()
-    i = html.find(b"<p")
-    if i < 0:
-        return html + b"<p>" + marker + b"</p>"
-    j = html.find(b">", i)
-    return html[: j + 1] + marker + html[j + 1 :]
+    n = len(spans)
+    for i in sorted({(k * 7 + j * n // 3) % n for j in range(min(3, n))}, reverse=True):
+        s, e = spans[i]
+        cut = html.find(b". ", s, e)
+        if cut < 0:
+            cut = html.find(b" ", (s + e) // 2, e)
+        cut = cut + 1 if cut >= 0 else e
+        html = html[:cut] + f" (update {k})".encode() + html[cut:]
+    if host:
+        html = re.sub(rb"//" + re.escape(host.encode()) + rb"\b", f"//c{k}.{host}".encode(), html)
+    return html
 
 
-def build_site(server: TestServer, n: int) -> list[tuple[str, bytes]]:
-    """Register ``n`` pages and the feed; return (url, body) of every page."""
+def _article_of(page: bytes) -> tuple[str, str | None]:
+    """Text and canonical host of a page, extracted as the pipeline does (run in a worker)."""
+    import trafilatura
+
+    doc = trafilatura.bare_extraction(page, url=_BASE_URL, **_OPTIONS)
+    if doc is None or isinstance(doc, dict):
+        return "", None
+    host = urlsplit(doc.url).hostname if doc.url and doc.url != _BASE_URL else None
+    return doc.text or "", host
+
+
+def build_site(server: TestServer, n: int, workers: int) -> tuple[list[tuple[str, bytes]], int]:
+    """Register ``n`` pages and the feed; return (url, body) of every page, and how many of
+    the corpus's pages have article text to edit."""
     base = corpus_pages()
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        found = list(pool.map(_article_of, [html for _, html in base]))
+    spans = [article_spans(html, text) for (_, html), (text, _) in zip(base, found, strict=True)]
     pages = []
     for i in range(n):
         pid, html = base[i % len(base)]
-        body = variant(html, i // len(base))
+        b = i % len(base)
+        body = variant(html, i // len(base), spans[b], found[b][1])
         path = f"/p/{i}/{pid}.html"
         server.set(path, Route(body=body))
         pages.append((server.url(path), body))
@@ -87,20 +146,36 @@ def build_site(server: TestServer, n: int) -> list[tuple[str, bytes]]:
     server.set(
         "/feed.xml", Route(body=feed.encode(), content_type="application/rss+xml", etag='"b1"')
     )
-    return pages
+    return pages, sum(1 for s in spans if s)
+
+
+_BASE_URL = "http://127.0.0.1/base.html"
+_OPTIONS: dict[str, Any] = {
+    "with_metadata": True, "include_comments": False, "include_tables": True,
+    "favor_precision": False,
+}  # fmt: skip
+"""The pipeline's options (config/settings.py defaults), as ``tasks.extract`` passes them."""
 
 
 def _bare_one(args: tuple[bytes, str]) -> int:
     import trafilatura
 
-    doc = trafilatura.bare_extraction(
-        args[0], url=args[1], with_metadata=True, include_comments=False, include_tables=True,
-        favor_precision=False,
-    )  # fmt: skip
+    doc = trafilatura.bare_extraction(args[0], url=args[1], **_OPTIONS)
     return len(doc.text or "") if doc is not None and not isinstance(doc, dict) else 0
 
 
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def _own_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def bare(pages: list[tuple[str, bytes]], workers: int) -> dict[str, Any]:
+    cpu0 = _children_cpu()
     t0 = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -111,6 +186,7 @@ def bare(pages: list[tuple[str, bytes]], workers: int) -> dict[str, Any]:
         "seconds": round(seconds, 2),
         "pages_per_s": round(len(pages) / seconds, 1),
         "with_text": sum(1 for s in sizes if s),
+        "cpu_seconds_workers": round(_children_cpu() - cpu0, 1),
     }
 
 
@@ -201,6 +277,7 @@ def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
         "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
         **os.environ,
     }
+    cpu_tree0, cpu_own0 = _children_cpu(), _own_cpu()
     t0 = time.perf_counter()
     started = datetime.now().astimezone()
     cmd = [str(ROOT / ".venv/bin/newsflow")]
@@ -215,6 +292,12 @@ def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
         stdout, stderr = proc.communicate()
         sampler.stop.set()
     wall = time.perf_counter() - t0
+    cpu = {
+        # the run's process and every descendant it waited for (workers, Prefect's API server)
+        "newsflow_tree": round(_children_cpu() - cpu_tree0, 1),
+        # this process meanwhile: mostly the test server answering the page requests
+        "bench_server": round(_own_cpu() - cpu_own0, 1),
+    }
     if proc.returncode not in (0, 1) or "{" not in stdout:
         print(stderr[-4000:], file=sys.stderr)
         raise SystemExit(proc.returncode)
@@ -227,6 +310,12 @@ def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
     (flow_started, flow_ended) = con.execute(
         "SELECT started_at, ended_at FROM runs WHERE run_id = ?", [summary["run_id"]]
     ).fetchone()
+    levels = dict(
+        con.execute(
+            "SELECT level, count(*) FROM duplicates WHERE run_id = ? GROUP BY level ORDER BY 1",
+            [summary["run_id"]],
+        ).fetchall()
+    )
     con.close()
     flow = summary["seconds"]["flow"]
     return {
@@ -234,6 +323,8 @@ def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
         "prefect_startup_seconds": round((flow_started - started).total_seconds(), 2),
         "flow_seconds": round(flow, 2),
         "flow_recorded_seconds": round((flow_ended - flow_started).total_seconds(), 2),
+        "cpu_seconds": cpu,
+        "duplicates_by_level": levels,
         "summary": summary,
     }
 
@@ -250,7 +341,8 @@ def main() -> None:
         return
     out: dict[str, Any] = {"pages": args.pages, "workers": args.workers}
     with TestServer() as server, tempfile.TemporaryDirectory() as tmp:
-        pages = build_site(server, args.pages)
+        pages, edited = build_site(server, args.pages, args.workers)
+        out["input"] = {"corpus_pages": len(corpus_pages()), "with_article_text_edited": edited}
         if not args.skip_bare:
             out["bare_trafilatura"] = bare(pages, args.workers)
         cfg = Path(tmp) / "bench.toml"
@@ -277,12 +369,23 @@ def main() -> None:
             **{k: round(v, 2) for k, v in o["stage_seconds"].items()},
             "dedup": round(s["seconds"]["dedup"], 2),
             "search_index": round(s["seconds"]["search_index"], 2),
+            # indexed in a thread while later batches were fetched and extracted (overlapping them)
+            "search_index_during_load": round(
+                s["seconds"].get("search_index_during_sources", 0.0), 2
+            ),
         },
         "requests": page_hits_cold,
         "new_articles": s["new_articles"],
         "duplicates_exact": s["duplicates"],
         "near_duplicates": s["near_duplicates"],
+        "duplicates_by_level": cold["duplicates_by_level"],
+        "share_of_pages": {
+            "exact_copies": round(s["duplicates"] / max(1, o["pages_fetched"]), 3),
+            "near_duplicates": round(s["near_duplicates"] / max(1, o["pages_fetched"]), 3),
+        },
+        "cpu_seconds": {**cold["cpu_seconds"], **s.get("cpu_seconds", {})},
         "peak_rss_mb": {k: round(v, 1) for k, v in s["peak_rss_mb"].items()},
+        "rss_mb": s.get("rss_mb", {}),
     }
     out["warm"] = {
         "flow_seconds": warm["flow_seconds"],

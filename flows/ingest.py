@@ -7,9 +7,11 @@ Runs against Prefect's local ephemeral API by default and against a Prefect serv
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -44,7 +46,12 @@ class RunSummary:
     stories_touched: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     """Wall seconds: sources (all, concurrently), dedup, search_index, flow (all)."""
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    """CPU seconds (user + system) per phase: the flow's own process (``*_parent``) and the
+    worker processes it started and ended in that phase (``*_workers``: extraction, features)."""
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    rss_mb: dict[str, float] = field(default_factory=dict)
+    """The flow process's resident set at the end of each phase, and its peak so far."""
     failed_sources: list[str] = field(default_factory=list)
     outcomes: list[SourceOutcome] = field(default_factory=list)
     warehouse: str = ""
@@ -57,6 +64,91 @@ class RunSummary:
             "duplicates": self.duplicates,
             "failures": self.failures,
         }
+
+
+def _cpu() -> tuple[float, float]:
+    """CPU seconds so far of this process, and of its children that have ended."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:  # not Linux
+        return 0.0
+
+
+class _Phases:
+    """Wall and CPU seconds, and the resident set at the end, of the flow's phases."""
+
+    def __init__(self, summary: RunSummary) -> None:
+        self.summary = summary
+        self.t, self.cpu = time.perf_counter(), _cpu()
+
+    def end(self, name: str) -> None:
+        t, cpu = time.perf_counter(), _cpu()
+        s = self.summary
+        s.seconds[name] = t - self.t
+        s.cpu_seconds[f"{name}_parent"] = round(cpu[0] - self.cpu[0], 2)
+        s.cpu_seconds[f"{name}_workers"] = round(cpu[1] - self.cpu[1], 2)
+        s.rss_mb[f"after_{name}"] = round(_rss_mb(), 1)
+        s.rss_mb[f"peak_by_end_of_{name}"] = round(
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+        )
+        self.t, self.cpu = t, cpu
+
+
+class _Indexer:
+    """Indexes the loaded articles for full-text search in a thread while later batches are
+    fetched and extracted, so that little indexing is left for after the last load.
+
+    A pass (``refresh_search_index``: the articles not yet indexed) runs whenever a load has
+    happened since the last one (``loaded``); ``finish`` waits for the pass under way and
+    stops. The flow's own pass then indexes the rest, as before, and catches up on whatever a
+    failed background pass left (the failure is logged).
+
+    Clustering is not done this way: a load decides exact copies against originals that
+    clustering has not marked as near-duplicates yet, so clustering between two loads of one
+    run would change which article a later copy is filed under.
+    """
+
+    def __init__(self, wh: Warehouse) -> None:
+        self.wh = wh
+        self.seconds = 0.0
+        self._wake = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, name="search-index", daemon=True)
+        self._thread.start()
+
+    def loaded(self) -> None:
+        self._wake.set()
+
+    def finish(self) -> None:
+        self._done = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._done:
+                return
+            t0 = time.perf_counter()
+            try:
+                self.wh.refresh_search_index()
+            except Exception as exc:  # the flow's own pass catches up; a real fault shows there
+                logging.getLogger("newsflow.search_index").warning(
+                    "background search indexing failed, left to the end of the run: %r", exc
+                )
+                return
+            finally:
+                self.seconds += time.perf_counter() - t0
 
 
 def _run_name() -> str:
@@ -128,10 +220,12 @@ def ingest(
         extractor.warm()  # the workers start while the feeds are fetched
     summary = RunSummary(run_id=run_id, status="running", warehouse=str(settings.warehouse.path))
     t_flow = time.perf_counter()
+    phases = _Phases(summary)
+    indexer = _Indexer(wh)
     try:
         feed_hosts = [urlsplit(s.url).hostname or "" for s in sources if s.url]
         with Fetcher(settings.fetch, trusted_hosts=feed_hosts) as fetcher:
-            ctx = RunContext(run_id, settings, wh, fetcher, extractor)
+            ctx = RunContext(run_id, settings, wh, fetcher, extractor, indexer.loaded)
             runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
                 max_workers=max(1, min(8, len(sources)))
             )
@@ -151,6 +245,7 @@ def ingest(
                         summary.outcomes.append(SourceOutcome(s.name, status="error", error=err))
     finally:
         extractor.close()
+        indexer.finish()
     for o in summary.outcomes:
         summary.sources += 1
         summary.entries += o.entries
@@ -159,18 +254,17 @@ def ingest(
         if o.status == "error":
             summary.failures += 1
             summary.failed_sources.append(o.source)
-    summary.seconds["sources"] = time.perf_counter() - t_flow
+    phases.end("sources")
     # Clustering and the search index also catch up on what an interrupted run loaded.
-    t0 = time.perf_counter()
+    summary.seconds["search_index_during_sources"] = indexer.seconds
     if cluster:
         dedup = cluster_stories(settings, wh)
         summary.near_duplicates = dedup.near_duplicates
         summary.stories_touched = dedup.stories_touched
-    summary.seconds["dedup"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    phases.end("dedup")
     if summary.new_articles or summary.duplicates or wh.search_index_stale():
         wh.refresh_search_index()
-    summary.seconds["search_index"] = time.perf_counter() - t0
+    phases.end("search_index")
     summary.status = "completed_with_failures" if summary.failures else "completed"
     wh.finish_run(run_id, summary.status, summary.counts(), summary.failed_sources)
     summary.seconds["flow"] = time.perf_counter() - t_flow

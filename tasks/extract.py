@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import threading
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -130,6 +131,37 @@ class PendingExtraction:
         return out
 
 
+class ExtractionStream:
+    """Pages added one by one (from any thread) go to the workers in chunks as they come;
+    ``close`` sends the rest and returns the extraction of every page, in the order added."""
+
+    def __init__(self, pool: ProcessPoolExecutor, extractor: Extractor) -> None:
+        self._pool, self._ex = pool, extractor
+        self._lock = threading.Lock()
+        self._chunk: list[tuple[bytes | str, str | None, ExtractOptions]] = []
+        self._futures: list[Future[list[Extracted]]] = []
+        self.keys: list[str] = []
+        """What each page was added as, in order (the order of the results)."""
+
+    def add(self, key: str, page: bytes | str, url: str | None) -> None:
+        with self._lock:
+            self.keys.append(key)
+            self._chunk.append((page, url, self._ex.opts))
+            if len(self._chunk) >= self._ex.CHUNK:
+                self._send()
+
+    def _send(self) -> None:
+        if self._chunk:
+            self._futures.append(self._pool.submit(_extract_chunk, self._chunk))
+            self._chunk = []
+
+    def close(self) -> PendingExtraction:
+        with self._lock:
+            self._send()
+            futures, self._futures = self._futures, []
+        return PendingExtraction(futures)
+
+
 class Extractor:
     """A pool of extraction processes, started on first need and shared by a run."""
 
@@ -171,6 +203,13 @@ class Extractor:
                 for i in range(0, len(jobs), self.CHUNK)
             ]
         )
+
+    def stream(self, expected: int) -> ExtractionStream | None:
+        """A batch of about ``expected`` pages fed page by page (each chunk goes to the workers
+        as soon as it is full), or None when such a batch is extracted in-process."""
+        if expected < _INLINE_BELOW or self.workers == 1:
+            return None
+        return ExtractionStream(self._ensure_pool(), self)
 
     def extract_many(self, pages: Sequence[tuple[bytes | str, str | None]]) -> list[Extracted]:
         """Extract ``(html, url)`` pairs, in order."""

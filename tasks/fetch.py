@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,17 +120,31 @@ class Fetcher:
             return read_file_url(url, source, self.settings.max_bytes)
         return self._run(self._get(url, source, etag, last_modified, accept))
 
-    def get_many(self, urls: Iterable[str], *, source: str = "") -> list[HttpResult | FetchError]:
-        """GET many pages concurrently (bounded); each result is a response or its error."""
+    def get_many(
+        self,
+        urls: Iterable[str],
+        *,
+        source: str = "",
+        on_result: Callable[[int, HttpResult | FetchError], None] | None = None,
+    ) -> list[HttpResult | FetchError]:
+        """GET many pages concurrently (bounded); each result is a response or its error.
 
-        async def one(u: str) -> HttpResult | FetchError:
+        ``on_result(i, result)`` is called as each one arrives (on the fetcher's thread), so a
+        page can go to extraction while the others are still on their way.
+        """
+
+        async def one(i: int, u: str) -> HttpResult | FetchError:
+            res: HttpResult | FetchError
             try:
-                return await self._get(u, source, None, None, None)
+                res = await self._get(u, source, None, None, None)
             except FetchError as exc:
-                return exc
+                res = exc
+            if on_result is not None:
+                on_result(i, res)
+            return res
 
         async def all_of(us: list[str]) -> list[HttpResult | FetchError]:
-            return list(await asyncio.gather(*(one(u) for u in us)))
+            return list(await asyncio.gather(*(one(i, u) for i, u in enumerate(us))))
 
         return self._run(all_of(list(urls)))
 

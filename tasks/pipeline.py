@@ -11,7 +11,7 @@ on; anything else is logged at critical and re-raised.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,6 +55,8 @@ class RunContext:
     warehouse: Warehouse
     fetcher: Fetcher
     extractor: Extractor
+    on_loaded: Callable[[], None] | None = None
+    """Called after each batch that brought new articles is loaded (the flow's indexer)."""
 
 
 @dataclass
@@ -165,11 +167,22 @@ def _release(*handed: list[Any]) -> None:
 
 @task(name="pages", task_run_name="pages-{source.name}", cache_policy=NO_CACHE)
 def fetch_pages(
-    source: Source, ctx: RunContext, urls: list[str], sink: list[HttpResult | FetchError]
+    source: Source,
+    ctx: RunContext,
+    urls: list[str],
+    sink: list[HttpResult | FetchError],
+    on_page: Callable[[int, HttpResult | FetchError], None] | None = None,
 ) -> int:
-    """Fetch the article pages of new entries, concurrently, within the run's bounds."""
-    sink.extend(ctx.fetcher.get_many(urls, source=source.name))
+    """Fetch the article pages of new entries, concurrently, within the run's bounds;
+    ``on_page(i, result)`` as each arrives."""
+    sink.extend(ctx.fetcher.get_many(urls, source=source.name, on_result=on_page))
     return len(sink)
+
+
+def _not_html(res: HttpResult) -> str | None:
+    """The content type of a page that is neither HTML nor XML (None when it is either)."""
+    ctype = res.headers.get("content-type", "text/html").lower()
+    return ctype if "html" not in ctype and "xml" not in ctype and ctype.strip() else None
 
 
 @task(name="extract", task_run_name="extract-{source.name}", cache_policy=NO_CACHE)
@@ -261,11 +274,19 @@ def prepare_batch(
         and c.url
         and c.url.startswith(("http://", "https://"))
     ]
+    n_inline = sum(1 for c in todo if c.html is not None)
+    # Pages go to the workers as they arrive, not once the whole batch is in.
+    stream = ctx.extractor.stream(len(to_fetch) + n_inline)
     if to_fetch:
         t0 = time.perf_counter()
         results: list[HttpResult | FetchError] = []
         urls = [c.url for c in to_fetch if c.url]
-        fetch_pages(source, ctx, urls, results)
+
+        def on_page(i: int, res: HttpResult | FetchError) -> None:
+            if stream is not None and isinstance(res, HttpResult) and _not_html(res) is None:
+                stream.add(to_fetch[i].entry_key, res.body, to_fetch[i].url)
+
+        fetch_pages(source, ctx, urls, results, on_page)
         for c, res in zip(to_fetch, results, strict=True):
             item = c.url or c.entry_key
             if isinstance(res, FetchError):
@@ -273,21 +294,31 @@ def prepare_batch(
                 errors.append(ItemError(source.name, item, "fetch", res.reason, res.message))
                 continue
             out.pages_fetched += 1
-            ctype = res.headers.get("content-type", "text/html").lower()
-            if "html" not in ctype and "xml" not in ctype and ctype.strip():
+            ctype = _not_html(res)
+            if ctype is not None:
                 problem_of[c.entry_key] = f"page is not HTML ({ctype})"
                 errors.append(ItemError(source.name, item, "fetch", "not_html", ctype))
                 continue
-            html_of[c.entry_key] = res.body
+            if stream is None:
+                html_of[c.entry_key] = res.body
         _release(results, urls)
         out.timed("fetch", t0)
     for c in todo:
         if c.html is not None:
-            html_of[c.entry_key] = c.html
-    jobs = [c for c in todo if c.entry_key in html_of]
-    extraction = (
-        ctx.extractor.submit([(html_of[c.entry_key], c.url) for c in jobs]) if jobs else None
-    )
+            if stream is None:
+                html_of[c.entry_key] = c.html
+            else:
+                stream.add(c.entry_key, c.html, c.url)
+    extraction: PendingExtraction | None
+    if stream is not None:
+        by_key = {c.entry_key: c for c in todo}
+        jobs = [by_key[k] for k in stream.keys]
+        extraction = stream.close()
+    else:
+        jobs = [c for c in todo if c.entry_key in html_of]
+        extraction = (
+            ctx.extractor.submit([(html_of[c.entry_key], c.url) for c in jobs]) if jobs else None
+        )
     # The pool holds the pages until they are extracted; nothing else here needs them.
     return _Batch(linked, existing, ids, todo, errors, problem_of, jobs, extraction)
 
@@ -337,6 +368,8 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     n_new, n_dup, n_err = load_batch(source, ctx, linked, articles, errors)
     _release(linked, articles, errors)
     out.timed("load", t0)
+    if ctx.on_loaded is not None and n_new:
+        ctx.on_loaded()
     out.new_articles += n_new
     out.duplicates += n_dup
     out.errors += n_err

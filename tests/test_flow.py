@@ -437,3 +437,84 @@ def test_reprocess_re_extracts_stored_pages_without_refetching(
         == original
     )
     assert len(http_server.requests) == hits  # nothing refetched
+
+
+def _copy_of(html: bytes, k: int) -> bytes:
+    """The page with one sentence of its own in the article's first paragraph."""
+    i = html.index(b"<p>", html.index(b"<article") if b"<article" in html else 0) + 3
+    return html[:i] + f"Correction {k}: an earlier version misnamed a street. ".encode() + html[i:]
+
+
+def _outcome(path: Path) -> dict[str, object]:
+    """What a user sees of a run: articles, duplicates, stories (by page URL), search index."""
+    import duckdb
+
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+
+        def q(sql: str) -> list[tuple[object, ...]]:
+            return con.execute(sql).fetchall()
+
+        name = "regexp_extract(a.url, '/p/(.*)$', 1)"
+        groups: dict[object, set[object]] = {}
+        for sid, n in q(f"SELECT s.story_id, {name} FROM story_articles s JOIN articles a "
+                        "USING (article_id)"):  # fmt: skip
+            groups.setdefault(sid, set()).add(n)
+        return {
+            "articles": q(f"SELECT {name}, title, text, content_hash FROM articles a ORDER BY 1"),
+            "duplicates": q(
+                f"SELECT {name}, d.level, regexp_extract(o.url, '/p/(.*)$', 1) FROM duplicates d "
+                "JOIN articles a USING (article_id) JOIN articles o ON o.article_id = "
+                "d.duplicate_of ORDER BY 1"
+            ),
+            "stories": {frozenset(g) for g in groups.values()},
+            "errors": q("SELECT item, stage, reason FROM item_errors ORDER BY 1, 2"),
+            "unindexed": q(
+                "SELECT count(*) FROM articles a ANTI JOIN search_docs USING (article_id)"
+            ),
+        }
+    finally:
+        con.close()
+
+
+def test_pages_streamed_to_workers_and_indexed_during_the_load_end_as_in_process(
+    tmp_path: Path,
+):
+    """Three batches whose pages go to two worker processes as they arrive, each batch indexed
+    for search while the next is extracted, end as the same batches extracted in-process."""
+    from tests.conftest import ROOT, write_config
+
+    examples = ROOT / "examples" / "articles"
+    pages = [p.read_bytes() for p in sorted(examples.glob("*.html"))]
+    pages += [page(n) for n in (1, 2, 3)]
+    with TestServer() as server:
+        items = []
+        for i in range(24):  # three batches of 8, near copies of each page among them
+            body = pages[i % len(pages)] if i < len(pages) else _copy_of(pages[i % len(pages)], i)
+            url = server.set(f"/p/{i}.html", body=body)
+            items.append({"title": f"item {i}", "link": url, "guid": f"g{i}"})
+        server.set("/p/broken.html", status=500)
+        items.append({"title": "broken", "link": server.url("/p/broken.html"), "guid": "b"})
+        feed = server.set("/feed.xml", body=rss(items), content_type=RSS)
+        outcomes = []
+        for name, extract in (
+            ("streamed", {"batch_size": 8, "workers": 2}),
+            ("in_process", {"batch_size": 8, "workers": 1}),
+        ):
+            cfg = write_config(
+                tmp_path / f"{name}.toml",
+                tmp_path / f"{name}.duckdb",
+                [{"name": "local", "kind": "feed", "url": feed}],
+                extract=extract,
+                fetch={"timeout": 5.0, "deadline": 10.0, "retries": 0},
+            )
+            ingest(config_path=str(cfg))
+            outcomes.append(_outcome(tmp_path / f"{name}.duckdb"))
+
+    streamed, in_process = outcomes
+    assert len(streamed["articles"]) == 24
+    assert any(level == "near_duplicate" for _, level, _ in streamed["duplicates"])
+    assert any(len(g) > 1 for g in streamed["stories"])
+    assert len(streamed["errors"]) == 2  # the broken page: its fetch, then no text at all
+    assert streamed["unindexed"] == [(0,)]
+    assert streamed == in_process
