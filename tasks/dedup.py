@@ -11,8 +11,10 @@ and ``tasks/core/stories.py``; this module loads what they need and stores what 
 - stories: document frequencies (``story_df``) and each article's heaviest terms
   (``story_terms``) are stored; the candidates of a new article are the stored articles sharing
   one of those terms within the time window, expanded to their whole groups, which are then
-  re-clustered deterministically (see ``tasks/core/stories.py``). ``story_articles`` keeps each
-  article's story and why; ``stories`` is rebuilt for every story touched.
+  re-clustered deterministically (see ``tasks/core/stories.py``). Exact and near copies within
+  the window are filed under their original's story instead (``reason = 'duplicate'``).
+  ``story_articles`` keeps each article's story and why; ``stories`` is rebuilt for every story
+  touched.
 
 Manual overrides (``merge_overrides``) are respected by every later run.
 """
