@@ -1126,7 +1126,9 @@ def _neighbours(
     partners = [
         b if a in new_set else a for a, b in overrides.must_link if (a in new_set) != (b in new_set)
     ]
-    _stage(con, "partner_ids", {"article_id": pa.array(partners, pa.string())})
+    # Must-link partners' groups, and the groups the left-out articles leave (re-clustered
+    # without them, so no story keeps the id of an article that left it).
+    _stage(con, "partner_ids", {"article_id": pa.array(partners + list(leave_out), pa.string())})
     group_rows = con.execute(
         """
         WITH cand AS (
