@@ -937,7 +937,9 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
     migration 0011, over the index ``refresh_search_index`` maintains), duplicates left out.
 
     Reads the index only (``search_docs`` carries what is shown); equal scores at the cut
-    are taken in index order. Needs a connection with the fts extension loaded (for
+    are taken in index order, and shown by id. Scores are compared to 9 places: a sum's last
+    bits depend on the order threads add its terms, and equal scores must not come out in a
+    different order each time. Needs a connection with the fts extension loaded (for
     ``stem``), as readers have.
 
     The rows shown are read by row number: ``search_docs`` holds its documents in docid order
@@ -954,7 +956,7 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
                 SELECT d.docid FROM duplicates x JOIN search_docs d USING (article_id)
                 WHERE x.duplicate_of <> x.article_id)
             {only}
-            ORDER BY score DESC, docid
+            ORDER BY round(score, 9) DESC, docid
             LIMIT ?
         ),
         by_rowid AS (
@@ -972,7 +974,7 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
         )
         SELECT article_id, round(score, 3) AS score, source, published_at, title, url
         FROM shown
-        ORDER BY shown.score DESC, article_id
+        ORDER BY round(shown.score, 9) DESC, article_id
     """
     params: list[Any] = [words, *([source] if source else []), limit]
     return sql, params
