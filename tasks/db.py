@@ -1039,6 +1039,7 @@ def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int, *, run_of_own
             LEFT JOIN (SELECT docid, sum(tf)::INTEGER AS len FROM search_chunk GROUP BY docid) c
                 USING (docid)
             WHERE n.docid BETWEEN $lo AND $hi
+            ORDER BY n.docid  -- stored in docid order: a search reads its rows by row number
             """,
             {"lo": lo, "hi": hi},
         )

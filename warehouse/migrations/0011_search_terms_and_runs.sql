@@ -9,6 +9,8 @@
 -- are stored together in term order. A refresh merges its newest runs once they amount to half
 -- the run before them (all of them after a big refresh), so few runs remain: a term's postings
 -- lie in a few places, and the postings of all of them are read once per query.
+-- `search_docs` is rewritten in docid order (and kept so), for a search to read the rows it
+-- shows by row number: a join by docid read half the table to find ten rows.
 
 CREATE TABLE search_terms (
     term    TEXT NOT NULL,
@@ -34,6 +36,12 @@ ALTER TABLE search_postings_merged RENAME TO search_postings;
 
 INSERT INTO search_terms
 SELECT term, count(*)::INTEGER FROM search_postings GROUP BY term ORDER BY term;
+
+-- Documents in docid order (refreshes inserted each chunk's in no particular order), so that
+-- a search reads the rows it shows by row number (docid plus the first row's number).
+CREATE TABLE search_docs_ordered AS SELECT * FROM search_docs ORDER BY docid;
+DROP TABLE search_docs;
+ALTER TABLE search_docs_ordered RENAME TO search_docs;
 INSERT INTO search_runs SELECT 0, count(*) FROM search_docs HAVING count(*) > 0;
 UPDATE writer_state SET value = (SELECT count(*) FROM search_docs)
 WHERE key = 'search_sorted_docs';
