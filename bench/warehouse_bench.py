@@ -1,14 +1,16 @@
 """Warehouse benchmarks: the load step alone, and the user's queries on a large warehouse.
 
     .venv/bin/python bench/warehouse_bench.py load  [--existing 100000] [--batch 10000]
-    .venv/bin/python bench/warehouse_bench.py query [--articles 1000000]
+    .venv/bin/python bench/warehouse_bench.py query [--articles 1000000] [--keep P | --reuse P]
 
 ``load`` fills a fresh warehouse with ``--existing`` synthetic articles through the real load
 path (``Warehouse.load_batch``), then times loading new batches into it: articles/s.
 ``query`` builds a synthetic warehouse of ``--articles`` articles with stories (SQL-generated,
 written straight into the tables), builds the full-text index, and times the three queries
 people run most: stories of the last 24 h (as ``newsflow stories``), a full-text search (as
-``newsflow search``) and per-source counts. Prints JSON.
+``newsflow search``) and per-source counts. Prints JSON. ``--keep PATH`` builds the warehouse at
+PATH and leaves it there; ``--reuse PATH`` builds nothing: it migrates that warehouse (so a copy
+of a kept one shows what a new migration changes) and times its queries only.
 """
 
 from __future__ import annotations
@@ -137,9 +139,19 @@ def _synthetic_articles_sql(lo: int, hi: int) -> str:
     """
 
 
-def bench_query(n: int) -> dict[str, object]:
+def bench_query(n: int, keep: Path | None = None, reuse: Path | None = None) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
-        wh = Warehouse(Path(tmp) / "news.duckdb")
+        if reuse is not None:
+            wh = Warehouse(reuse)
+            t0 = time.perf_counter()
+            migrated = wh.migrate()
+            out: dict[str, object] = {
+                "reused": str(reuse),
+                "migrations_applied": migrated,
+                "migrate_seconds": round(time.perf_counter() - t0, 1),
+            }
+            return out | {"articles": _count_articles(wh)} | time_queries(wh)
+        wh = Warehouse(keep or Path(tmp) / "news.duckdb")
         wh.migrate()
         t0 = time.perf_counter()
         with wh.writer() as con:
@@ -178,36 +190,51 @@ def bench_query(n: int) -> dict[str, object]:
         t0 = time.perf_counter()
         wh.refresh_search_index()
         fts_small_s = time.perf_counter() - t0
-        from flows.cli import STORIES_SQL
+        return {
+            "articles": n,
+            "build_seconds": round(build_s, 1),
+            "fts_index_seconds": round(fts_s, 1),
+            "fts_refresh_nothing_new_seconds": round(fts_noop_s, 2),
+            "fts_refresh_1000_new_seconds": round(fts_small_s, 2),
+        } | time_queries(wh)
 
-        cutoff = datetime.now(UTC) - timedelta(hours=24)
-        search, params = search_sql("harbour qjd xbk", 10)  # a common word and two rarer ones
-        queries = {
-            "stories_last_24h": (STORIES_SQL, [cutoff, 1, 20]),
-            "full_text_search": (search, params),
-            "per_source_counts": (
-                "SELECT source, count(*) AS articles, max(published_at) AS latest "
-                "FROM articles GROUP BY source ORDER BY articles DESC",
-                [],
-            ),
-        }
-        timings: dict[str, object] = {}
-        with wh.reader() as con:
-            for name, (sql, args) in queries.items():
-                runs = []
-                for _ in range(5):
-                    t = time.perf_counter()
-                    rows = con.execute(sql, args).fetchall()
-                    runs.append((time.perf_counter() - t) * 1000)
-                timings[name] = {"ms_median": round(statistics.median(runs), 1), "rows": len(rows)}
-    return {
-        "articles": n,
-        "build_seconds": round(build_s, 1),
-        "fts_index_seconds": round(fts_s, 1),
-        "fts_refresh_nothing_new_seconds": round(fts_noop_s, 2),
-        "fts_refresh_1000_new_seconds": round(fts_small_s, 2),
-        "queries": timings,
+
+def time_queries(wh: Warehouse, runs_each: int = 5) -> dict[str, object]:
+    """Median of ``runs_each`` runs of each query, on one read-only connection; the search's
+    answer too (ids and scores), to compare warehouses before and after a change."""
+    from flows.cli import STORIES_SQL
+
+    cutoff = datetime.now(UTC) - timedelta(hours=24)
+    search, params = search_sql("harbour qjd xbk", 10)  # a common word and two rarer ones
+    queries = {
+        "stories_last_24h": (STORIES_SQL, [cutoff, 1, 20]),
+        "full_text_search": (search, params),
+        "per_source_counts": (
+            "SELECT source, count(*) AS articles, max(published_at) AS latest "
+            "FROM articles GROUP BY source ORDER BY articles DESC",
+            [],
+        ),
     }
+    timings: dict[str, object] = {}
+    with wh.reader() as con:
+        for name, (sql, args) in queries.items():
+            runs = []
+            for _ in range(runs_each):
+                t = time.perf_counter()
+                rows = con.execute(sql, args).fetchall()
+                runs.append((time.perf_counter() - t) * 1000)
+            timings[name] = {
+                "ms_median": round(statistics.median(runs), 1),
+                "ms_each": [round(r, 1) for r in runs],
+                "rows": len(rows),
+            }
+            if name == "full_text_search":
+                answer = [[r[0], r[1]] for r in rows]
+    return {"queries": timings, "search_answer": answer}
+
+
+def _count_articles(wh: Warehouse) -> int:
+    return int(wh.query("SELECT count(*) FROM articles")[1][0][0])
 
 
 def main() -> None:
@@ -217,11 +244,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--articles", type=int, default=1_000_000)
+    ap.add_argument("--keep", type=Path, help="query: build the warehouse here and keep it")
+    ap.add_argument("--reuse", type=Path, help="query: time the queries of this warehouse")
     args = ap.parse_args()
     if args.what == "load":
         out = bench_load(args.existing, args.batch, args.rounds)
     else:
-        out = bench_query(args.articles)
+        out = bench_query(args.articles, args.keep, args.reuse)
     print(json.dumps(out, indent=1))
 
 

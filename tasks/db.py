@@ -459,24 +459,24 @@ class Warehouse:
         """Index the articles the full-text index lacks (all of them with ``rebuild``).
 
         Incremental: only new articles are tokenized, in chunks of one transaction each (a
-        chunk's documents and postings commit together), so an interrupted refresh leaves a
-        consistent index and the next one carries on. The postings of small refreshes are
-        sorted by term once enough have piled up (or now, with ``compact``). Returns how many
-        articles were indexed.
+        chunk's documents, postings and term counts commit together), so an interrupted
+        refresh leaves a consistent index and the next one carries on. The postings of small
+        refreshes are sorted by term once enough have piled up (or now, with ``compact``), and
+        sorted runs are merged as they pile up (all into one with ``compact``; see
+        :func:`_merge_runs`). Returns how many articles were indexed.
         """
         with self.writer() as con:
             _load_fts(con)
             if rebuild:
                 con.execute("BEGIN")
-                con.execute("DELETE FROM search_docs")
-                con.execute("DELETE FROM search_postings")
-                _set_sorted_docs(con, 0)
+                _clear_search_index(con)
                 con.execute("COMMIT")
             indexed = _count(con, "search_docs")
             new = _count(con, "articles") - indexed
             if new <= 0:
                 if compact:
                     _sort_postings_tail(con)
+                    _merge_runs(con, everything=True)
                 return 0
             # A refresh this big, after a sorted index, adds sorted runs of its own (each chunk
             # is inserted in term order); smaller ones leave a tail to sort later.
@@ -496,11 +496,10 @@ class Warehouse:
             size = -(-n // max(1, -(-n // _INDEX_CHUNK)))  # equal chunks, _INDEX_CHUNK at most
             try:
                 for lo in range(first, last + 1, size):
-                    _index_chunk(con, lo, min(last, lo + size - 1))
-                if runs_of_own:
-                    _set_sorted_docs(con, last + 1)
-                elif compact or last + 1 - _sorted_docs(con) >= _SORTED_RUN_DOCS:
+                    _index_chunk(con, lo, min(last, lo + size - 1), run_of_own=runs_of_own)
+                if compact or last + 1 - _sorted_docs(con) >= _SORTED_RUN_DOCS:
                     _sort_postings_tail(con)
+                _merge_runs(con, everything=compact)
             finally:
                 con.execute("DROP TABLE IF EXISTS search_new")
                 con.execute("DROP TABLE IF EXISTS search_chunk")
@@ -543,9 +542,7 @@ class Warehouse:
             if changed and changed[0]:
                 # Postings cannot drop one document's terms cheaply: the next refresh rebuilds
                 # the index (re-extraction is rare and costs far more than indexing).
-                con.execute("DELETE FROM search_docs")
-                con.execute("DELETE FROM search_postings")
-                _set_sorted_docs(con, 0)
+                _clear_search_index(con)
             con.execute(
                 "UPDATE articles SET text = s.text, content_hash = s.content_hash, "
                 "extractor_version = s.extractor_version, text_origin = 'page', "
@@ -937,11 +934,19 @@ def _dup(
 
 def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, list[Any]]:
     """Articles ranked by BM25 relevance to ``words`` (the ``search_articles`` table macro of
-    migration 0010, over the index ``refresh_search_index`` maintains), duplicates left out.
+    migration 0011, over the index ``refresh_search_index`` maintains), duplicates left out.
 
     Reads the index only (``search_docs`` carries what is shown); equal scores at the cut
-    are taken in index order. Needs a connection with the fts extension loaded (for
+    are taken in index order, and shown by id. Scores are compared to 9 places: a sum's last
+    bits depend on the order threads add its terms, and equal scores must not come out in a
+    different order each time. Needs a connection with the fts extension loaded (for
     ``stem``), as readers have.
+
+    The rows shown are read by row number: ``search_docs`` holds its documents in docid order
+    with no gaps (documents are appended, and only ever deleted all together), so a row's
+    number is its docid plus the number of the first row. A join by docid (which reads the
+    table's docid column from the first to the last docid shown) stays behind for any row the
+    row numbers missed: it reads nothing when they missed none.
     """
     only = "AND docid IN (SELECT docid FROM search_docs WHERE source = ?)" if source else ""
     sql = f"""
@@ -951,13 +956,25 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
                 SELECT d.docid FROM duplicates x JOIN search_docs d USING (article_id)
                 WHERE x.duplicate_of <> x.article_id)
             {only}
-            ORDER BY score DESC, docid
+            ORDER BY round(score, 9) DESC, docid
             LIMIT ?
+        ),
+        by_rowid AS (
+            SELECT docid, article_id, source, published_at, title, url FROM search_docs
+            WHERE rowid IN (
+                SELECT docid + (SELECT rowid - docid FROM search_docs LIMIT 1) FROM top)
+        ),
+        shown AS (
+            SELECT top.docid, top.score, d.* EXCLUDE (docid)
+            FROM top JOIN by_rowid d USING (docid)
+            UNION ALL
+            SELECT m.docid, m.score, d.article_id, d.source, d.published_at, d.title, d.url
+            FROM (SELECT * FROM top WHERE docid NOT IN (SELECT docid FROM by_rowid)) m
+            JOIN search_docs d USING (docid)
         )
-        SELECT d.article_id, round(top.score, 3) AS score, d.source, d.published_at, d.title,
-               d.url
-        FROM top JOIN search_docs d USING (docid)
-        ORDER BY top.score DESC, d.article_id
+        SELECT article_id, round(score, 3) AS score, source, published_at, title, url
+        FROM shown
+        ORDER BY round(shown.score, 9) DESC, article_id
     """
     params: list[Any] = [words, *([source] if source else []), limit]
     return sql, params
@@ -978,9 +995,18 @@ def _load_fts(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"LOAD '{fts_extension_path()}'")
 
 
-def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
+def _clear_search_index(con: duckdb.DuckDBPyConnection) -> None:
+    """Empty the full-text index (in the caller's transaction); the next refresh rebuilds it."""
+    for table in ("search_docs", "search_postings", "search_terms", "search_runs"):
+        con.execute(f"DELETE FROM {table}")
+    _set_sorted_docs(con, 0)
+
+
+def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int, *, run_of_own: bool) -> None:
     """Tokenize the articles numbered ``lo..hi`` in ``search_new`` and add them to the index,
-    in one transaction. Stems and stopwords are looked up once per distinct word."""
+    in one transaction: their documents, their postings in term order (a sorted run of their
+    own with ``run_of_own``) and their terms' counts. Stems and stopwords are looked up once
+    per distinct word."""
     con.execute("BEGIN")
     try:
         con.execute(
@@ -1013,6 +1039,7 @@ def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
             LEFT JOIN (SELECT docid, sum(tf)::INTEGER AS len FROM search_chunk GROUP BY docid) c
                 USING (docid)
             WHERE n.docid BETWEEN $lo AND $hi
+            ORDER BY n.docid  -- stored in docid order: a search reads its rows by row number
             """,
             {"lo": lo, "hi": hi},
         )
@@ -1022,6 +1049,23 @@ def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int) -> None:
             "WHERE d.docid BETWEEN $lo AND $hi ORDER BY c.term, c.docid",
             {"lo": lo, "hi": hi},
         )
+        # Terms met before get their counts raised; new ones are appended.
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE search_chunk_df AS "
+            "SELECT term, count(*)::INTEGER AS df FROM search_chunk GROUP BY term"
+        )
+        con.execute(
+            "UPDATE search_terms SET df = search_terms.df + c.df "
+            "FROM search_chunk_df c WHERE search_terms.term = c.term"
+        )
+        con.execute(
+            "INSERT INTO search_terms SELECT c.term, c.df FROM search_chunk_df c "
+            "WHERE NOT EXISTS (SELECT 1 FROM search_terms t WHERE t.term = c.term) ORDER BY c.term"
+        )
+        con.execute("DROP TABLE search_chunk_df")
+        if run_of_own:
+            con.execute("INSERT INTO search_runs VALUES (?, ?)", [lo, hi + 1])
+            _set_sorted_docs(con, hi + 1)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -1046,16 +1090,71 @@ def _sort_postings_tail(con: duckdb.DuckDBPyConnection) -> None:
         return
     con.execute("BEGIN")
     try:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE search_tail AS "
-            "SELECT * FROM search_postings WHERE docid >= ? ORDER BY term, docid",
-            [since],
-        )
-        con.execute("DELETE FROM search_postings WHERE docid >= ?", [since])
-        con.execute("INSERT INTO search_postings SELECT * FROM search_tail ORDER BY term, docid")
-        con.execute("DROP TABLE search_tail")
+        _rewrite_postings_from(con, since)
+        con.execute("INSERT INTO search_runs VALUES (?, ?)", [since, total])
         _set_sorted_docs(con, total)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
+
+
+def _merge_runs(con: duckdb.DuckDBPyConnection, *, everything: bool = False) -> None:
+    """Merge the newest sorted runs into one once they amount to half the run before them (or
+    all runs, with ``everything``): a query reads a term's postings in each run, so few runs
+    must remain, and each posting is rewritten a few times only as the index grows (a run is
+    merged again once what came after it has grown to half its size)."""
+    runs = con.execute(
+        "SELECT first_docid, end_docid - first_docid FROM search_runs ORDER BY first_docid"
+    ).fetchall()
+    start = None
+    for i in range(len(runs) - 1):
+        if everything or runs[i][1] < 2 * sum(size for _, size in runs[i + 1 :]):
+            start = i
+            break
+    if start is None:
+        return
+    since = int(runs[start][0])
+    con.execute("BEGIN")
+    try:
+        _rewrite_postings_from(con, since)
+        end = con.execute("SELECT max(end_docid) FROM search_runs").fetchone()
+        con.execute("DELETE FROM search_runs WHERE first_docid >= ?", [since])
+        con.execute("INSERT INTO search_runs VALUES (?, ?)", [since, end[0] if end else since])
+        # Terms appended by refreshes since go to their place too (a query's lookup of its
+        # terms then skips all but a row group or so).
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE search_terms_sorted AS "
+            "SELECT * FROM search_terms ORDER BY term"
+        )
+        con.execute("DELETE FROM search_terms")
+        con.execute("INSERT INTO search_terms SELECT * FROM search_terms_sorted ORDER BY term")
+        con.execute("DROP TABLE search_terms_sorted")
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
+def _rewrite_postings_from(con: duckdb.DuckDBPyConnection, since: int) -> None:
+    """Rewrite the postings of documents ``since`` on in term order (in the caller's
+    transaction). All of them: a new table takes the old one's place (no copy to hold aside)."""
+    if since == 0:
+        con.execute(
+            "CREATE TABLE search_postings_merged (term TEXT NOT NULL, docid INTEGER NOT NULL, "
+            "tf INTEGER NOT NULL, len INTEGER NOT NULL)"
+        )
+        con.execute(
+            "INSERT INTO search_postings_merged SELECT * FROM search_postings ORDER BY term, docid"
+        )
+        con.execute("DROP TABLE search_postings")
+        con.execute("ALTER TABLE search_postings_merged RENAME TO search_postings")
+        return
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE search_tail AS "
+        "SELECT * FROM search_postings WHERE docid >= ? ORDER BY term, docid",
+        [since],
+    )
+    con.execute("DELETE FROM search_postings WHERE docid >= ?", [since])
+    con.execute("INSERT INTO search_postings SELECT * FROM search_tail ORDER BY term, docid")
+    con.execute("DROP TABLE search_tail")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import tasks.db
 from tasks.core.models import Article, Candidate
 from tasks.core.text import content_hash
 from tasks.db import Warehouse, search_sql
@@ -121,7 +122,7 @@ def test_articles_loaded_but_never_indexed_are_caught_up(wh):
     ]
 
 
-def test_a_re_extracted_text_is_searched_by_its_new_words(wh):
+def test_a_re_extracted_text_is_searched_by_its_new_words(wh, tmp_path):
     first_run(wh)
     new_text = "The tram depot hosted a jazz concert for the opening night."
     changed = wh.update_texts([("0000000000000001", new_text, content_hash(new_text), "x")])
@@ -130,3 +131,37 @@ def test_a_re_extracted_text_is_searched_by_its_new_words(wh):
 
     assert [h[2] for h in search(wh, "jazz concert")] == ["Tram line opens"]
     assert search(wh, "minutes") == []
+    # Word counts start again from the new texts: the old text's "tram" weighs nothing.
+    for words in ["tram", "harbour jazz", "the harbour road"]:
+        ours = sorted((aid, score) for aid, score, _ in search(wh, words, limit=100))
+        assert ours == sorted(extension_bm25(tmp_path / "news.duckdb", words)), words
+
+
+# Many small runs, each a few articles: the words of FIRST_RUN and SECOND_RUN again, in
+# articles of their own (each with a word of its own: same texts would be duplicates).
+MANY_RUNS = [
+    (t, f"{x} Ref zq{chr(97 + i % 26)}{chr(97 + i // 26)}.")
+    for i, (t, x) in enumerate([FIRST_RUN[i % len(FIRST_RUN)] for i in range(23)] + SECOND_RUN * 3)
+]
+
+
+def test_an_index_grown_over_many_runs_ranks_as_the_extension(wh, tmp_path, monkeypatch):
+    # Tiny chunks and runs: postings sorted in small runs, runs merged as they pile up, word
+    # counts raised by each run; what a search shows must not depend on any of it.
+    monkeypatch.setattr(tasks.db, "_INDEX_CHUNK", 3)
+    monkeypatch.setattr(tasks.db, "_SORTED_RUN_DOCS", 4)
+    queries = ["harbour", "orchid moor", "the harbour road", "tram line storm", "cafe strasse"]
+    seen = []
+    for start in range(0, len(MANY_RUNS), 5):
+        batch = MANY_RUNS[start : start + 5]
+        load(wh, f"run{start}", [article(start + i, t, x) for i, (t, x) in enumerate(batch)])
+        wh.refresh_search_index()
+        seen.append({q: search(wh, q, limit=100) for q in queries})
+        for q in queries:
+            ours = sorted((aid, score) for aid, score, _ in seen[-1][q])
+            assert ours == sorted(extension_bm25(tmp_path / "news.duckdb", q)), (start, q)
+
+    wh.refresh_search_index(compact=True)  # everything in one run: the same answers
+    assert {q: search(wh, q, limit=100) for q in queries} == seen[-1]
+    wh.refresh_search_index(rebuild=True)  # and as built at once
+    assert {q: search(wh, q, limit=100) for q in queries} == seen[-1]

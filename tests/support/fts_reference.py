@@ -4,14 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tasks.db import open_connection
+import duckdb
+
+from tasks.db import fts_extension_path
 
 
 def extension_bm25(db: Path, words: str) -> list[tuple[str, float]]:
     """``(article_id, score)`` of every matching article, best first (ties by id), scores rounded
-    to 3 places, from an index the extension builds with our tokenizer options."""
-    con = open_connection(db, read_only=False)
+    to 3 places, from an index the extension builds with our tokenizer options over a copy of
+    the warehouse's articles (the warehouse itself is only read, so this can be asked again)."""
+    con = duckdb.connect(config={"autoload_known_extensions": False})
     try:
+        con.execute(f"LOAD '{fts_extension_path()}'")
+        con.execute(f"ATTACH '{db}' AS warehouse (READ_ONLY)")
+        con.execute(
+            "CREATE TABLE articles AS SELECT article_id, title, text FROM warehouse.articles"
+        )
+        con.execute("DETACH warehouse")
         con.execute(
             "PRAGMA create_fts_index('articles', 'article_id', 'title', 'text', "
             "stemmer = 'porter', stopwords = 'english', strip_accents = 1, lower = 1)"
