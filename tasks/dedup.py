@@ -179,11 +179,7 @@ def _read_ahead(
     batch is stored and featurises any copy this guess got wrong."""
     rows = _read_rows(con, batch)
     copies = _copy_pairs(con, [r[0] for r in rows])
-    clustered = _ids_in(
-        con,
-        "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
-        sorted({o.id for o in copies.values()}),
-    )
+    clustered = _clustered_originals(con, copies)
     filed = _filed(
         copies, rows, lambda o: o in clustered or batch_of.get(o, k + 1) <= k, window, policies
     )
@@ -920,6 +916,17 @@ def _copy_pairs(
     return {c: _Original(o, t, src) for c, o, t, src in con.execute(sql).fetchall()}
 
 
+def _clustered_originals(
+    con: duckdb.DuckDBPyConnection, copies: Mapping[str, _Original]
+) -> set[str]:
+    """The copies' originals that already have a story."""
+    return _ids_in(
+        con,
+        "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
+        sorted({o.id for o in copies.values()}),
+    )
+
+
 def _filed(
     copies: Mapping[str, _Original],
     rows: Sequence[tuple[Any, ...]],
@@ -973,11 +980,7 @@ def _copies_to_file(
     copies = {**near, **exact}
     if not copies:
         return {}
-    clustered = _ids_in(
-        con,
-        "SELECT article_id FROM ids_in JOIN story_articles USING (article_id)",
-        sorted({o.id for o in copies.values()}),
-    )
+    clustered = _clustered_originals(con, copies)
     batch = {r[0] for r in rows}
     return _filed(copies, rows, lambda o: o in clustered or o in batch, window, policies)
 
