@@ -436,15 +436,31 @@ def _heaviest_rows(
     k: int,
 ) -> list[npt.NDArray[np.int64]]:
     """:func:`_heaviest` of every CSR row at once: one sort by row, weight (descending) and
-    term (the ranks of the ``uniq`` columns' terms)."""
+    term (the ranks of the ``uniq`` columns' terms).
+
+    That exact sort runs on a superset of each row's ``k`` heaviest, found first by one
+    integer sort of (row, weight rounded down to 2**-39): an entry whose rounded weight is
+    below its row's ``k``-th cannot be among them. (A three-key sort of every entry cost
+    five times as much.)"""
     n = len(indptr) - 1
     if k <= 0 or not len(weights):
         return [np.empty(0, dtype=np.int64) for _ in range(n)]
+    coarse = np.floor((1.0 - np.clip(weights, 0.0, 1.0)) * float(1 << 39)).astype(np.int64)
+    by_coarse = np.argsort((row_of << 40) | coarse)
+    lengths = np.diff(indptr)
+    kth = indptr[:-1] + np.minimum(lengths, k) - 1  # sorted position of each row's k-th
+    cut = np.full(n, -1, dtype=np.int64)
+    has = lengths > 0
+    cut[has] = coarse[by_coarse[kth[has]]]
+    cand = np.flatnonzero(coarse <= cut[row_of])  # in row order, as the rows are
+    weights, cols, row_of = weights[cand], cols[cand], row_of[cand]
+    counts = np.bincount(row_of, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     by_term = pc.sort_indices(pa.array([terms[c] for c in uniq.tolist()], pa.string()))
     rank = np.zeros(int(uniq.max()) + 1, dtype=np.int64)
     rank[uniq[by_term.to_numpy()]] = np.arange(len(uniq))
     order = np.lexsort((rank[cols], -weights, row_of))
-    position = np.arange(len(order)) - indptr[row_of[order]]
+    position = np.arange(len(order)) - starts[row_of[order]]
     chosen = order[position < k]
     counts = np.bincount(row_of[chosen], minlength=n)
     return np.split(cols[chosen], np.cumsum(counts)[:-1])
