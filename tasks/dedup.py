@@ -251,7 +251,9 @@ class _FeaturePool:
         self.pool: ProcessPoolExecutor | None = None
         if workers > 1:
             ctx = multiprocessing.get_context("spawn")
-            self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+            self.pool = ProcessPoolExecutor(
+                max_workers=workers, mp_context=ctx, initializer=_lower_priority
+            )
 
     def submit(
         self,
@@ -281,6 +283,14 @@ class _FeaturePool:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    """Feature workers yield to the writer. It is the run's critical path: with two workers
+    on two cores at equal priority it got two thirds of a core while they ran, and they then
+    sat idle a batch ahead (100k articles: 57 s at equal priority, 50 s so)."""
+    if hasattr(os, "nice"):
+        os.nice(10)
 
 
 @contextmanager
