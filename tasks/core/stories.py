@@ -79,6 +79,7 @@ __all__ = [
     "FeatureMatrix",
     "Vocabulary",
     "featurise_matrix",
+    "TermCounts",
     "pair_similarity",
     "raw_term_frequencies",
     "term_weights",
@@ -389,6 +390,32 @@ class FeatureMatrix:
         )
 
 
+@dataclass
+class TermCounts:
+    """Raw term frequencies of many articles as columns of a :class:`Vocabulary`: row ``i``'s
+    terms are ``cols[indptr[i]:indptr[i + 1]]``, with frequencies ``tf`` there."""
+
+    cols: npt.NDArray[np.int64]
+    tf: npt.NDArray[np.float64]
+    indptr: npt.NDArray[np.int64]
+
+    @staticmethod
+    def encode(
+        ids: Sequence[str], raws: Mapping[str, Mapping[str, float]], vocabulary: Vocabulary
+    ) -> TermCounts:
+        """The rows of ``ids`` from :func:`raw_term_frequencies` (new terms get columns)."""
+        lengths = np.fromiter((len(raws[i]) for i in ids), dtype=np.int64, count=len(ids))
+        total = int(lengths.sum())
+        cols = vocabulary.columns(chain.from_iterable(raws[i] for i in ids), total)
+        tf = np.fromiter(chain.from_iterable(raws[i].values() for i in ids), np.float64, total)
+        return TermCounts(cols, tf, np.concatenate([[0], np.cumsum(lengths)]))
+
+    def document_counts(self, rows: npt.NDArray[np.bool_], width: int) -> npt.NDArray[np.int64]:
+        """Number of the ``rows`` (a mask) that have each column, for ``width`` columns."""
+        keep = np.repeat(rows, np.diff(self.indptr))
+        return np.bincount(self.cols[keep], minlength=width)
+
+
 def featurise_matrix(
     ids: Sequence[str],
     raws: Mapping[str, Mapping[str, float]],
@@ -396,31 +423,32 @@ def featurise_matrix(
     n_docs: int,
     params: StoryParams,
     vocabulary: Vocabulary | None = None,
+    counts: TermCounts | None = None,
 ) -> FeatureMatrix:
-    """TF-IDF rows and blocking terms of many articles from :func:`raw_term_frequencies`.
+    """TF-IDF rows and blocking terms of many articles from :func:`raw_term_frequencies`
+    (``counts``: the rows already encoded in ``vocabulary``; ``raws`` is then not read).
 
     Term frequency is sub-linear (``1 + ln tf`` above 1), IDF is
     ``(ln((N + 1) / (df + 1)) + 1) ** idf_power``, rows are L2-normalised. Vectorised: the only
     per-term Python work is looking up each term's column and, once per distinct term, its df.
     """
     vocabulary = vocabulary if vocabulary is not None else Vocabulary()
-    lengths = np.fromiter((len(raws[i]) for i in ids), dtype=np.int64, count=len(ids))
-    total = int(lengths.sum())
-    cols = vocabulary.columns(chain.from_iterable(raws[i] for i in ids), total)
-    tf = np.fromiter(chain.from_iterable(raws[i].values() for i in ids), np.float64, total)
+    if counts is None:
+        counts = TermCounts.encode(ids, raws, vocabulary)
+    cols, tf, indptr = counts.cols, counts.tf, counts.indptr
     present = np.zeros(len(vocabulary), dtype=bool)
     present[cols] = True
     uniq = np.flatnonzero(present)  # the distinct columns, without sorting every term
     terms = vocabulary.terms()
-    dfs = np.fromiter((df.get(terms[c], 0) for c in uniq.tolist()), np.float64, len(uniq))
+    # None (a term without a count) becomes NaN, then 0.
+    dfs = np.array(list(map(df.get, map(terms.__getitem__, uniq.tolist()))), dtype=np.float64)
     idf = np.zeros(len(vocabulary))
-    idf[uniq] = (np.log((n_docs + 1) / (dfs + 1)) + 1.0) ** params.idf_power
+    idf[uniq] = (np.log((n_docs + 1) / (np.nan_to_num(dfs, nan=0.0) + 1)) + 1.0) ** params.idf_power
     w = np.where(tf > 1.0, 1.0 + np.log(np.maximum(tf, 1.0)), tf) * idf[cols]
-    row_of = np.repeat(np.arange(len(ids)), lengths)
+    row_of = np.repeat(np.arange(len(ids)), np.diff(indptr))
     norms = np.sqrt(np.bincount(row_of, weights=w * w, minlength=len(ids)))
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(norms[row_of] > 0, w / norms[row_of], 0.0)
-    indptr = np.concatenate([[0], np.cumsum(lengths)])
     rows = sp.csr_matrix((w, cols, indptr), shape=(len(ids), max(len(vocabulary), 1)))
     blocking = _heaviest_rows(w, cols, row_of, indptr, uniq, terms, params.blocking_size)
     return FeatureMatrix(list(ids), rows, blocking, vocabulary)
