@@ -145,22 +145,32 @@ def _read_rows(
     con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[int, str]]
 ) -> list[tuple[Any, ...]]:
     """The rows of a batch still unclustered (another process may have clustered some), in
-    order. Read by rowid: a join on the ids would scan every article's text for each batch."""
-    wanted = {aid for _, aid in batch}
-    _stage(con, "wanted_rows", {"rid": pa.array([r for r, _ in batch], pa.int64())})
+    order."""
+    got = _by_rowid(con, _ROW_SQL, dict((aid, r) for r, aid in batch), _UNCLUSTERED)
+    return [got[aid] for _, aid in batch if aid in got]
+
+
+def _by_rowid(
+    con: duckdb.DuckDBPyConnection, select: str, rowid_of: Mapping[str, int], where: str = "TRUE"
+) -> dict[str, tuple[Any, ...]]:
+    """Rows of ``select`` (over ``articles a``, the id first) for the articles of
+    ``rowid_of`` (id -> rowid) that satisfy ``where``, by id. Read by rowid: a join on the
+    ids would scan every article's text. Articles whose rowids moved (row groups merged at a
+    checkpoint) are then read by id."""
+    _stage(con, "wanted_rows", {"rid": pa.array(list(rowid_of.values()), pa.int64())})
     got = {
         r[0]: r
         for r in con.execute(
-            _ROW_SQL + f"WHERE a.rowid IN (SELECT rid FROM wanted_rows) AND {_UNCLUSTERED}"
+            select + f"WHERE a.rowid IN (SELECT rid FROM wanted_rows) AND {where}"
         ).fetchall()
-        if r[0] in wanted
+        if r[0] in rowid_of
     }
-    missing = [aid for _, aid in batch if aid not in got]
-    if missing:  # moved rowids (row groups merged at a checkpoint), or clustered meanwhile
+    missing = [aid for aid in rowid_of if aid not in got]
+    if missing:
         _stage(con, "wanted_ids", {"article_id": missing})
-        sql = _ROW_SQL + f"JOIN wanted_ids USING (article_id) WHERE {_UNCLUSTERED}"
+        sql = select + f"JOIN wanted_ids USING (article_id) WHERE {where}"
         got.update((r[0], r) for r in con.execute(sql).fetchall())
-    return [got[aid] for _, aid in batch if aid in got]
+    return got
 
 
 def _read_ahead(
@@ -953,8 +963,7 @@ def _filed(
     ever larger groups of copies. A copy is clustered like any article when its original is not
     ``clustered``, lies outside the window, or when either source keeps its articles out of
     others' stories."""
-    times = {r[0]: r[3] or r[4] for r in rows}
-    merges = {r[0]: policies.get(r[5], SourcePolicy()).stories for r in rows}
+    row_of = {r[0]: r for r in rows}
 
     def first(o: _Original) -> _Original:
         seen = {o.id}
@@ -963,22 +972,32 @@ def _filed(
             seen.add(o.id)
         return o
 
-    def near_in_time(copy: str, t: datetime | None) -> bool:
-        c = times[copy]
-        return c is None or t is None or abs(c - t) <= window
-
     filed = {}
     for c, o in copies.items():
         o = first(o)
+        r = row_of[c]
         if (
             o.id not in copies
             and clustered(o.id)
-            and near_in_time(c, o.time)
-            and merges[c]
-            and policies.get(o.source, SourcePolicy()).stories
+            and _may_file((r[3] or r[4], r[5]), (o.time, o.source), window, policies)
         ):
             filed[c] = o.id
     return filed
+
+
+def _may_file(
+    copy: tuple[datetime | None, str],
+    original: tuple[datetime | None, str],
+    window: timedelta,
+    policies: Mapping[str, SourcePolicy],
+) -> bool:
+    """Whether a copy (its time and source) is filed under its original's story: both are in
+    the window (or undated), and both sources let their articles join others' stories."""
+    (t, source), (t_original, source_original) = copy, original
+    in_window = t is None or t_original is None or abs(t - t_original) <= window
+    return in_window and all(
+        policies.get(x, SourcePolicy()).stories for x in (source, source_original)
+    )
 
 
 def _copies_to_file(
@@ -1023,10 +1042,7 @@ def _stored_copies_to_file(
     filed: dict[str, str] = {}
     stories_of: set[str] = set()
     for copy, new, t, copy_source, new_source, story in found:
-        at = times[new]
-        in_window = t is None or at is None or abs(t - at) <= window
-        merges = all(policies.get(x, SourcePolicy()).stories for x in (copy_source, new_source))
-        if in_window and merges:
+        if _may_file((t, copy_source), (times[new], new_source), window, policies):
             filed[copy] = new
             stories_of.add(story)
     return filed, stories_of
@@ -1179,24 +1195,9 @@ def _neighbours(
 
 
 def _texts(con: duckdb.DuckDBPyConnection, rowid_of: Mapping[str, int]) -> dict[str, str]:
-    """Texts of articles by id, read by rowid (a join on ids would scan every text)."""
-    _stage(con, "text_rows", {"rid": pa.array(list(rowid_of.values()), pa.int64())})
-    got = {
-        aid: text
-        for aid, text in con.execute(
-            "SELECT article_id, text FROM articles WHERE rowid IN (SELECT rid FROM text_rows)"
-        ).fetchall()
-        if aid in rowid_of
-    }
-    missing = [aid for aid in rowid_of if aid not in got]
-    if missing:  # rowids moved (row groups merged at a checkpoint)
-        _stage(con, "text_ids", {"article_id": missing})
-        got.update(
-            con.execute(
-                "SELECT article_id, text FROM articles JOIN text_ids USING (article_id)"
-            ).fetchall()
-        )
-    return {aid: text or "" for aid, text in got.items()}
+    """Texts of articles by id (``rowid_of``: id -> rowid)."""
+    got = _by_rowid(con, "SELECT a.article_id, a.text FROM articles a ", rowid_of)
+    return {aid: row[1] or "" for aid, row in got.items()}
 
 
 def _singletons(con: duckdb.DuckDBPyConnection, rows: list[tuple[Any, ...]], now: datetime) -> None:
