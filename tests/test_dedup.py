@@ -390,3 +390,30 @@ def test_copies_join_their_originals_story_and_follow_it(tmp_path):
         ("orig", "early", "duplicate", "early", 4),
         ("trimmed", "early", "duplicate", "early", 4),
     ]
+
+
+def test_articles_are_read_right_when_their_rowids_have_moved(tmp_path, make_config):
+    # Clustering reads articles by rowid, which a checkpoint that merges row groups changes
+    # under a pass that listed them earlier: rows must then be found by id, not lost or
+    # swapped for the articles now at those rowids.
+    from tasks.db import Warehouse
+    from tasks.dedup import _pending, _read_rows, _texts
+
+    folder = copy_examples(tmp_path / "in", ALL)
+    cfg = make_config([{"name": "in", "kind": "files", "path": str(folder)}])
+    ingest(config_path=str(cfg), cluster=False)
+    wh = Warehouse(tmp_path / "news.duckdb")
+    with wh.writer() as con:
+        pending = _pending(con)
+        assert len(pending) == len(ALL)
+        # The first half's rowids now hold the second half's articles, or nothing.
+        half = len(pending) // 2
+        wanted = [aid for _, aid in pending[:half]]
+        moved = [10**9] + [r for r, _ in pending[half:]]
+        stale = list(zip(moved, wanted, strict=False))
+        rows = _read_rows(con, stale)
+        texts = _texts(con, {aid: r for r, aid in stale})
+        truth = dict(con.execute("SELECT article_id, text FROM articles").fetchall())
+    assert [r[0] for r in rows] == wanted
+    assert {r[0]: r[2] for r in rows} == {aid: truth[aid] for aid in wanted}
+    assert texts == {aid: truth[aid] for aid in wanted}
