@@ -44,6 +44,16 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 class WarehouseSettings(_Strict):
     path: Path = Path("warehouse/news.duckdb")
+    memory_limit: str = "512MB"
+    """DuckDB's memory limit: beyond it, sorts and joins spill to ``<path>.tmp`` (DuckDB's own
+    default, 80 % of RAM, lets the search index's merges grow with the warehouse)."""
+
+    @field_validator("memory_limit")
+    @classmethod
+    def _size(cls, v: str) -> str:
+        if not re.fullmatch(r"\s*\d+(\.\d+)?\s*([KMGT]i?B)\s*", v, re.IGNORECASE):
+            raise ValueError(f"{v!r} is not a size such as '512MB' or '2GB'")
+        return v.strip()
 
 
 class FetchSettings(_Strict):

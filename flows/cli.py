@@ -37,8 +37,11 @@ def _warehouse(config: str | None, database: str | None, *, upgrade: bool = True
     """The warehouse; with ``upgrade``, an existing file gets the schema this version reads."""
     from tasks.db import Warehouse
 
-    path = Path(database) if database else _settings(config).warehouse.path
-    wh = Warehouse(path, lock_timeout=10.0)
+    if database:  # a warehouse named on the command line: no config needed
+        wh = Warehouse(Path(database), lock_timeout=10.0)
+    else:
+        w = _settings(config).warehouse
+        wh = Warehouse(w.path, lock_timeout=10.0, memory_limit=w.memory_limit)
     if upgrade and wh.path.exists():
         wh.migrate()
     return wh
@@ -422,7 +425,7 @@ def override(
     from tasks.db import Warehouse
     from tasks.dedup import add_override, cluster_pending
 
-    wh = Warehouse(settings.warehouse.path)
+    wh = Warehouse(settings.warehouse.path, memory_limit=settings.warehouse.memory_limit)
     wh.migrate()
     try:
         add_override(wh, article_a, article_b, action, note)

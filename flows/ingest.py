@@ -200,7 +200,7 @@ def ingest(
     settings = load_config(config_path)
     sources = settings.select(source_names)
     run_id = str(flow_run.id or uuid.uuid4())
-    wh = Warehouse(settings.warehouse.path)
+    wh = Warehouse(settings.warehouse.path, memory_limit=settings.warehouse.memory_limit)
     wh.migrate()
     wh.register_sources([(s.name, s.kind, s.location) for s in settings.sources])
     wh.start_run(run_id, flow_run.name, datetime.now(UTC))

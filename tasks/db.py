@@ -53,7 +53,8 @@ def fts_extension_path() -> str:
     return found[0]
 
 
-_DUCKDB_CONFIG = {
+_Config = dict[str, str | bool | int | float | list[str]]
+_DUCKDB_CONFIG: _Config = {
     # Never reach for the network: extensions come from the PyPI package only.
     "autoinstall_known_extensions": False,
     "autoload_known_extensions": False,
@@ -73,8 +74,17 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used" in text
 
 
+DEFAULT_MEMORY_LIMIT = "512MB"
+"""DuckDB's memory limit unless the config names one (``warehouse.memory_limit``)."""
+
+
 def open_connection(
-    path: Path, *, read_only: bool, lock_timeout: float = 30.0, fts: bool = True
+    path: Path,
+    *,
+    read_only: bool,
+    lock_timeout: float = 30.0,
+    fts: bool = True,
+    memory_limit: str = DEFAULT_MEMORY_LIMIT,
 ) -> duckdb.DuckDBPyConnection:
     """Open the DuckDB file, waiting while another process holds it.
 
@@ -85,7 +95,8 @@ def open_connection(
     delay = 0.02
     while True:
         try:
-            con = duckdb.connect(str(path), read_only=read_only, config=dict(_DUCKDB_CONFIG))
+            config: _Config = {**_DUCKDB_CONFIG, "memory_limit": memory_limit}
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
             break
         except duckdb.IOException as exc:
             if not _is_lock_error(exc) or time.monotonic() >= deadline:
@@ -117,9 +128,16 @@ def _now() -> datetime:
 class Warehouse:
     """The newsflow warehouse file. Thread-safe; one writer per process."""
 
-    def __init__(self, path: Path | str, *, lock_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        lock_timeout: float = 60.0,
+        memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    ) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout
+        self.memory_limit = memory_limit
         self._lock = threading.RLock()
         self._session: duckdb.DuckDBPyConnection | None = None
 
@@ -137,7 +155,11 @@ class Warehouse:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = open_connection(
-                self.path, read_only=False, lock_timeout=self.lock_timeout, fts=False
+                self.path,
+                read_only=False,
+                lock_timeout=self.lock_timeout,
+                fts=False,
+                memory_limit=self.memory_limit,
             )
             try:
                 con.execute(_WRITER_SETTINGS)
@@ -159,7 +181,11 @@ class Warehouse:
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             con = open_connection(
-                self.path, read_only=False, lock_timeout=self.lock_timeout, fts=False
+                self.path,
+                read_only=False,
+                lock_timeout=self.lock_timeout,
+                fts=False,
+                memory_limit=self.memory_limit,
             )
             con.execute("SET checkpoint_threshold = '1GB'")
             self._session = con
@@ -179,7 +205,12 @@ class Warehouse:
         if not self.path.exists():
             raise FileNotFoundError(f"{self.path}: no warehouse yet; run `newsflow run` first")
         with self._lock:
-            con = open_connection(self.path, read_only=True, lock_timeout=self.lock_timeout)
+            con = open_connection(
+                self.path,
+                read_only=True,
+                lock_timeout=self.lock_timeout,
+                memory_limit=self.memory_limit,
+            )
         try:
             yield con
         finally:

@@ -81,6 +81,13 @@ def test_sql_is_read_only(demo):
     )
 
 
+def test_the_warehouse_keeps_to_its_memory_limit(demo):
+    # DuckDB's default (80 % of RAM) let the search index's merges grow with the warehouse.
+    cfg, _ = demo
+    q = "SELECT current_setting('memory_limit') AS m"
+    assert run("sql", q, "-c", str(cfg), "-f", "csv").splitlines() == ["m", "488.2 MiB"]
+
+
 def test_sql_prompt(demo):
     cfg, _ = demo
     result = CliRunner().invoke(

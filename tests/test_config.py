@@ -59,6 +59,8 @@ def test_defaults_are_sensible():
         ("[[sources]]\nname = 'a'\nkind = 'files'\npath = 'x'\nfetch_page = true\n",
          "cfg.toml: sources[0].fetch_page: unknown key"),
         ("not toml = = 1", "cfg.toml: not valid TOML"),
+        ("[warehouse]\nmemory_limit = 'lots'\n",
+         "cfg.toml: warehouse.memory_limit: 'lots' is not a size such as '512MB'"),
     ],
 )  # fmt: skip
 def test_errors_name_file_key_and_problem(text, message):
