@@ -342,6 +342,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     features are computed in worker processes while the writer stores this one.
     """
     result = DedupResult()
+    started = time.perf_counter()
     policies = _policies(settings)
     params = story_params(settings)
     with wh.writer() as con:
@@ -350,11 +351,15 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     batch_of = {aid: k // batch_size for k, (_, aid) in enumerate(pending)}
     window = params.window
     cache = _PassCache(_RawCache(RAW_CACHE), _DocFrequencies(DF_CACHE))
+    seconds = result.seconds
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
+        seconds["start"] += time.perf_counter() - started
         ahead: _Batch | None = None
         for k in range(len(batches)):
             if k % SESSION_BATCHES == 0:  # one connection for a few batches, then readers' turn
-                session.close()
+                t0 = time.perf_counter()
+                session.close()  # the checkpoint
+                seconds["checkpoints"] += time.perf_counter() - t0
                 session.enter_context(wh.session())
                 with wh.writer() as con:  # the session's connection, open until it ends
                     # One DuckDB thread: its queries here are many and small, and the feature
@@ -370,7 +375,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
                         con, pool, batches[k + 1], k + 1, batch_of, window, policies
                     )
                 feats = batch.features.result()
-                result.seconds["features_wait"] += time.perf_counter() - t0
+                seconds["features_wait"] += time.perf_counter() - t0
                 rows = batch.rows
                 if not rows:
                     continue
@@ -384,6 +389,12 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
                     raise
             cache.raws.add(feats.raws)
             result.articles += len(rows)
+        t0 = time.perf_counter()
+        session.close()
+        seconds["checkpoints"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+    seconds["finish"] += time.perf_counter() - t0  # the workers' shutdown
+    seconds["whole_pass"] = time.perf_counter() - started
     return result
 
 
