@@ -287,7 +287,8 @@ def run_pipeline(
             else {}
         ),
         phases=phases,
-        max_rss_mb=round(usage.ru_maxrss / 1024, 1),
+        # The run's own peak (VmHWM; its ru_maxrss would include this process's size).
+        max_rss_mb=round(float(summary.get("peak_rss_mb", {}).get("flow_process", 0.0)), 1),
     )
 
 

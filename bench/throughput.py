@@ -11,10 +11,11 @@ change per copy (so dedup has real work), and a feed listing them (with an ETag)
 3. **warm**: ``newsflow run`` again: the feed answers 304, no page is fetched.
 
 Memory (``peak_rss_mb``): ``flow_process`` is the peak resident set of the ``newsflow run``
-process alone (its own ``ru_maxrss``); ``largest_worker`` the largest finished child's (an
-extraction worker); ``tree_sampled`` samples, every 0.2 s, the sum over the process and all
-its descendants (extraction workers and Prefect's ephemeral API server included) and keeps
-the peak, with ``parent_sampled`` the parent's share at the same samples.
+process alone (its VmHWM: ``ru_maxrss`` would carry over this process's own size, as the run
+is started by fork and exec); ``largest_worker`` the largest peak (VmHWM, sampled every 0.2 s)
+of any of its descendants (extraction and feature workers, Prefect's ephemeral API server);
+``tree_sampled`` samples, every 0.2 s, the sum over the process and all its descendants and
+keeps the peak, with ``parent_sampled`` the parent's share at the same samples.
 
     .venv/bin/python bench/throughput.py [--pages 2000] [--workers 2] [--skip-bare] [--profile]
 
@@ -190,11 +191,12 @@ def bare(pages: list[tuple[str, bytes]], workers: int) -> dict[str, Any]:
     }
 
 
-def _rss_kb(pid: int) -> int:
+def _status_kb(pid: int, field: str = "VmRSS") -> int:
+    """A size from /proc/<pid>/status (VmRSS: now; VmHWM: the peak), in kB (0 once gone)."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -220,18 +222,22 @@ def _tree(root: int) -> list[int]:
 
 
 class TreeSampler(threading.Thread):
-    """Peak RSS of a process and of its whole tree, sampled every 0.2 s."""
+    """Peak RSS of a process and of its whole tree, sampled every 0.2 s, and the largest peak
+    (VmHWM) of any descendant."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.stop = pid, threading.Event()
-        self.peak_tree_kb = self.peak_parent_kb = 0
+        self.peak_tree_kb = self.peak_parent_kb = self.peak_child_kb = 0
 
     def run(self) -> None:
         while not self.stop.wait(0.2):
-            sizes = [_rss_kb(p) for p in _tree(self.pid)]
+            tree = _tree(self.pid)
+            sizes = [_status_kb(p) for p in tree]
             self.peak_parent_kb = max(self.peak_parent_kb, sizes[0])
             self.peak_tree_kb = max(self.peak_tree_kb, sum(sizes))
+            for p in tree[1:]:
+                self.peak_child_kb = max(self.peak_child_kb, _status_kb(p, "VmHWM"))
 
 
 _PROFILED = """
@@ -302,6 +308,7 @@ def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
         print(stderr[-4000:], file=sys.stderr)
         raise SystemExit(proc.returncode)
     summary = json.loads(stdout[stdout.index("{") :])
+    summary["peak_rss_mb"]["largest_worker"] = sampler.peak_child_kb / 1024
     summary["peak_rss_mb"]["tree_sampled"] = sampler.peak_tree_kb / 1024
     summary["peak_rss_mb"]["parent_sampled"] = sampler.peak_parent_kb / 1024
     import duckdb

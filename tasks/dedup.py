@@ -60,8 +60,10 @@ SESSION_BATCHES = 10
 """Batches written through one connection before it is closed (and checkpointed), so that
 readers such as ``newsflow sql`` get a turn during a long clustering pass."""
 
-RAW_CACHE = 8000
-"""Term frequencies kept in memory for articles of recent batches (the next batch's neighbours)."""
+RAW_CACHE = 1_500_000
+"""Term frequencies kept in memory for articles of recent batches (the next batch's
+neighbours), counted in (article, term) entries: about 8,000 short news articles, or 2,000
+long ones (a count of articles let long pages hold 800 MB at 20k pages)."""
 
 DF_CACHE = 300_000
 """Document frequencies kept in memory during a pass (terms)."""
@@ -318,11 +320,23 @@ class _RawCache:
     def __init__(self, size: int) -> None:
         self.size = size
         self.data: dict[str, dict[str, float]] = {}
+        self.entries = 0
 
     def add(self, raws: Mapping[str, dict[str, float]]) -> None:
-        self.data.update(raws)
-        for key in list(self.data)[: max(0, len(self.data) - self.size)]:
-            del self.data[key]
+        """Keep ``raws``, dropping the oldest articles once ``size`` entries are held."""
+        data = self.data
+        for key, raw in raws.items():
+            old = data.pop(key, None)
+            self.entries += len(raw) - (len(old) if old is not None else 0)
+            data[key] = raw
+        drop = []
+        for key, raw in data.items():  # oldest first
+            if self.entries <= self.size:
+                break
+            self.entries -= len(raw)
+            drop.append(key)
+        for key in drop:
+            del data[key]
 
 
 @dataclass

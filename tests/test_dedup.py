@@ -417,3 +417,16 @@ def test_articles_are_read_right_when_their_rowids_have_moved(tmp_path, make_con
     assert [r[0] for r in rows] == wanted
     assert {r[0]: r[2] for r in rows} == {aid: truth[aid] for aid in wanted}
     assert texts == {aid: truth[aid] for aid in wanted}
+
+
+def test_the_term_cache_holds_a_bounded_number_of_terms_oldest_out():
+    # The cache of recent articles' term frequencies is bounded by terms, not articles: long
+    # pages held 800 MB at 20k pages when it counted articles.
+    from tasks.dedup import _RawCache
+
+    cache = _RawCache(size=10)
+    cache.add({"a": dict.fromkeys("abcd", 1.0), "b": dict.fromkeys("efg", 1.0)})
+    cache.add({"a": dict.fromkeys("ab", 1.0)})  # replaced: 2 + 3 terms
+    assert cache.entries == 5 and set(cache.data) == {"a", "b"}
+    cache.add({"c": dict.fromkeys("hijkl", 1.0), "d": dict.fromkeys("mn", 1.0)})
+    assert list(cache.data) == ["a", "c", "d"] and cache.entries == 9  # "b" was the oldest
