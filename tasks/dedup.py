@@ -63,7 +63,7 @@ readers such as ``newsflow sql`` get a turn during a long clustering pass."""
 RAW_CACHE = 1_500_000
 """Term frequencies kept in memory for articles of recent batches (the next batch's
 neighbours), counted in (article, term) entries: about 8,000 short news articles, or 2,000
-long ones (a count of articles let long pages hold 800 MB at 20k pages)."""
+long pages (counted in articles, long pages held several times as much)."""
 
 DF_CACHE = 300_000
 """Document frequencies kept in memory during a pass (terms)."""

@@ -420,8 +420,8 @@ def test_articles_are_read_right_when_their_rowids_have_moved(tmp_path, make_con
 
 
 def test_the_term_cache_holds_a_bounded_number_of_terms_oldest_out():
-    # The cache of recent articles' term frequencies is bounded by terms, not articles: long
-    # pages held 800 MB at 20k pages when it counted articles.
+    # The cache of recent articles' term frequencies is bounded by terms, not articles: a
+    # count of articles let long pages hold several times as much.
     from tasks.dedup import _RawCache
 
     cache = _RawCache(size=10)
