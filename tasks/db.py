@@ -30,6 +30,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from config.settings import WarehouseSettings
 from tasks.core.models import Article, Candidate, ItemError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "warehouse" / "migrations"
@@ -74,8 +75,8 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used" in text
 
 
-DEFAULT_MEMORY_LIMIT = "512MB"
-"""DuckDB's memory limit unless the config names one (``warehouse.memory_limit``)."""
+DEFAULT_MEMORY_LIMIT: str = WarehouseSettings().memory_limit
+"""DuckDB's memory limit unless the config names another (``warehouse.memory_limit``)."""
 
 
 def open_connection(
