@@ -30,7 +30,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from config.settings import WarehouseSettings
 from tasks.core.models import Article, Candidate, ItemError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "warehouse" / "migrations"
@@ -75,17 +74,13 @@ def _is_lock_error(exc: Exception) -> bool:
     return "lock" in text or "conflicting" in text or "being used" in text
 
 
-DEFAULT_MEMORY_LIMIT: str = WarehouseSettings().memory_limit
-"""DuckDB's memory limit unless the config names another (``warehouse.memory_limit``)."""
-
-
 def open_connection(
     path: Path,
     *,
     read_only: bool,
     lock_timeout: float = 30.0,
     fts: bool = True,
-    memory_limit: str = DEFAULT_MEMORY_LIMIT,
+    memory_limit: str | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open the DuckDB file, waiting while another process holds it.
 
@@ -96,7 +91,9 @@ def open_connection(
     delay = 0.02
     while True:
         try:
-            config: _Config = {**_DUCKDB_CONFIG, "memory_limit": memory_limit}
+            config: _Config = dict(_DUCKDB_CONFIG)
+            if memory_limit is not None:
+                config["memory_limit"] = memory_limit
             con = duckdb.connect(str(path), read_only=read_only, config=config)
             break
         except duckdb.IOException as exc:
@@ -134,7 +131,7 @@ class Warehouse:
         path: Path | str,
         *,
         lock_timeout: float = 60.0,
-        memory_limit: str = DEFAULT_MEMORY_LIMIT,
+        memory_limit: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.lock_timeout = lock_timeout

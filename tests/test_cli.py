@@ -81,11 +81,14 @@ def test_sql_is_read_only(demo):
     )
 
 
-def test_the_warehouse_keeps_to_its_memory_limit(demo):
-    # DuckDB's default (80 % of RAM) let the search index's merges grow with the warehouse.
+def test_the_warehouse_keeps_to_the_configured_memory_limit(demo, tmp_path):
     cfg, _ = demo
     q = "SELECT current_setting('memory_limit') AS m"
-    assert run("sql", q, "-c", str(cfg), "-f", "csv").splitlines() == ["m", "488.2 MiB"]
+    assert run("sql", q, "-c", str(cfg), "-f", "csv").splitlines()[1] != "286.1 MiB"
+    limited = tmp_path / "limited.toml"
+    text = cfg.read_text(encoding="utf-8")
+    limited.write_text(text.replace("[warehouse]\n", "[warehouse]\nmemory_limit = '300MB'\n", 1))
+    assert run("sql", q, "-c", str(limited), "-f", "csv").splitlines() == ["m", "286.1 MiB"]
 
 
 def test_sql_prompt(demo):
