@@ -131,3 +131,21 @@ def test_unknown_source_is_refused(demo):
     cfg, _ = demo
     result = CliRunner().invoke(main, ["run", "--config", str(cfg), "--source", "nope"])
     assert result.exit_code != 0 and "unknown source(s): nope" in result.output
+
+
+def test_clustering_holds_duckdb_to_a_bounded_cache_and_restores_the_limit(tmp_path):
+    # A clustering pass caps DuckDB's cache (it grew to 1.6 GB over a 20k-page pass) and
+    # then gives DuckDB its default back.
+    import duckdb
+
+    from tasks.db import capped_memory
+
+    con = duckdb.connect(str(tmp_path / "x.duckdb"))
+
+    def limit() -> str:
+        return con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    before = limit()
+    with capped_memory(con, "512MB"):
+        assert limit() == "488.2 MiB"
+    assert limit() == before != "488.2 MiB"
