@@ -40,8 +40,7 @@ def _warehouse(config: str | None, database: str | None, *, upgrade: bool = True
     if database:  # a warehouse named on the command line: no config needed
         wh = Warehouse(Path(database), lock_timeout=10.0)
     else:
-        w = _settings(config).warehouse
-        wh = Warehouse(w.path, lock_timeout=10.0, memory_limit=w.memory_limit)
+        wh = Warehouse.configured(_settings(config).warehouse, lock_timeout=10.0)
     if upgrade and wh.path.exists():
         wh.migrate()
     return wh
@@ -425,7 +424,7 @@ def override(
     from tasks.db import Warehouse
     from tasks.dedup import add_override, cluster_pending
 
-    wh = Warehouse(settings.warehouse.path, memory_limit=settings.warehouse.memory_limit)
+    wh = Warehouse.configured(settings.warehouse)
     wh.migrate()
     try:
         add_override(wh, article_a, article_b, action, note)

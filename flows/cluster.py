@@ -18,7 +18,7 @@ from tasks.pipeline import cluster_stories
 def cluster_flow(config_path: str | None = None) -> DedupResult:
     """Cluster every article that has not been clustered yet."""
     settings = load_config(config_path)
-    wh = Warehouse(settings.warehouse.path, memory_limit=settings.warehouse.memory_limit)
+    wh = Warehouse.configured(settings.warehouse)
     wh.migrate()
     result = cluster_stories(settings, wh)
     if result.articles or wh.search_index_stale():

@@ -212,7 +212,7 @@ def ingest(
     settings = load_config(config_path)
     sources = settings.select(source_names)
     run_id = str(flow_run.id or uuid.uuid4())
-    wh = Warehouse(settings.warehouse.path, memory_limit=settings.warehouse.memory_limit)
+    wh = Warehouse.configured(settings.warehouse)
     wh.migrate()
     wh.register_sources([(s.name, s.kind, s.location) for s in settings.sources])
     wh.start_run(run_id, flow_run.name, datetime.now(UTC))

@@ -30,6 +30,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from config.settings import WarehouseSettings
 from tasks.core.models import Article, Candidate, ItemError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "warehouse" / "migrations"
@@ -138,6 +139,11 @@ class Warehouse:
         self.memory_limit = memory_limit
         self._lock = threading.RLock()
         self._session: duckdb.DuckDBPyConnection | None = None
+
+    @classmethod
+    def configured(cls, settings: WarehouseSettings, *, lock_timeout: float = 60.0) -> Warehouse:
+        """The warehouse the config's ``[warehouse]`` section names, with its settings."""
+        return cls(settings.path, lock_timeout=lock_timeout, memory_limit=settings.memory_limit)
 
     # -- connections ----------------------------------------------------------------------
     @contextmanager

@@ -182,6 +182,11 @@ class Extractor:
             )
         return self._pool
 
+    def _in_process(self, pages: int) -> bool:
+        """Whether a batch of this many pages is extracted here: a round trip to the workers
+        would cost more, or there are none."""
+        return pages < _INLINE_BELOW or self.workers == 1
+
     def warm(self) -> None:
         """Start the workers now (they import Trafilatura while the feeds are fetched)."""
         if self.workers > 1:
@@ -194,7 +199,7 @@ class Extractor:
         call waits for the results, in order. Few pages are extracted here and now (a round
         trip would cost more)."""
         jobs = [(html, url, self.opts) for html, url in pages]
-        if len(jobs) < _INLINE_BELOW or self.workers == 1:
+        if self._in_process(len(jobs)):
             return PendingExtraction(done=_extract_chunk(jobs))
         pool = self._ensure_pool()
         return PendingExtraction(
@@ -207,7 +212,7 @@ class Extractor:
     def stream(self, expected: int) -> ExtractionStream | None:
         """A batch of about ``expected`` pages fed page by page (each chunk goes to the workers
         as soon as it is full), or None when such a batch is extracted in-process."""
-        if expected < _INLINE_BELOW or self.workers == 1:
+        if self._in_process(expected):
             return None
         return ExtractionStream(self._ensure_pool(), self)
 

@@ -10,7 +10,7 @@ from tasks.extract import EXTRACTOR_VERSION, ExtractOptions, Extractor
 
 def reprocess_pages(settings: Settings, sources: list[str] | None) -> tuple[int, int]:
     """Returns (pages re-extracted, articles whose text changed)."""
-    wh = Warehouse(settings.warehouse.path, memory_limit=settings.warehouse.memory_limit)
+    wh = Warehouse.configured(settings.warehouse)
     wh.migrate()
     ex = settings.extract
     extractor = Extractor(
