@@ -17,11 +17,16 @@ of any of its descendants (extraction and feature workers, Prefect's ephemeral A
 ``tree_sampled`` samples, every 0.2 s, the sum over the process and all its descendants and
 keeps the peak, with ``parent_sampled`` the parent's share at the same samples.
 
-    .venv/bin/python bench/throughput.py [--pages 2000] [--workers 2] [--skip-bare] [--profile]
+    .venv/bin/python bench/throughput.py [--pages 2000] [--workers 2] [--skip-bare]
+                                         [--profile | --py-spy]
 
 ``--profile`` runs the cold ingest under pyinstrument: the flow's main thread, and the
 source's thread while it fetches, waits on the workers and loads (written to
 bench/out/profile-<pages>.txt; the workers' own time is Trafilatura's, as in the bare run).
+``--py-spy`` samples the whole cold run instead, every process of it, with py-spy (not a
+dependency: ``.venv/bin/pip install py-spy``): where the CPU goes, by process and, in the run's
+own process, by our function (``py_spy`` in the JSON; the samples in bench/out/pyspy-<pages>.raw).
+Figures of a sampled run are the profile's, not the bench's.
 
 Prints JSON (also written to bench/out/throughput-<pages>.json). Only loopback traffic.
 """
@@ -35,11 +40,13 @@ import multiprocessing
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from html import escape, unescape
@@ -274,7 +281,7 @@ finally:
 """
 
 
-def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
+def newsflow_run(cfg: Path, profile: Path | None = None, spy: Path | None = None) -> dict[str, Any]:
     env = {
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -289,6 +296,9 @@ def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
     cmd = [str(ROOT / ".venv/bin/newsflow")]
     if profile is not None:
         cmd = [str(ROOT / ".venv/bin/python"), "-c", _PROFILED, str(profile)]
+    if spy is not None:
+        cmd = [_py_spy(), "record", "--subprocesses", "--nonblocking", "--rate", str(SPY_RATE),
+               "--format", "raw", "--output", str(spy), "--", *cmd]  # fmt: skip
     with subprocess.Popen(
         [*cmd, "run", "--config", str(cfg), "--json"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -336,12 +346,60 @@ def newsflow_run(cfg: Path, profile: Path | None = None) -> dict[str, Any]:
     }
 
 
+SPY_RATE = 25
+"""py-spy's samples per second: each sample of a busy thread stands for 1/25 CPU-second."""
+
+
+def _py_spy() -> str:
+    found = shutil.which("py-spy") or shutil.which("py-spy", path=str(ROOT / ".venv/bin"))
+    if found is None:
+        raise SystemExit("--py-spy needs py-spy: .venv/bin/pip install py-spy")
+    return found
+
+
+def spy_summary(raw: Path, top: int = 15) -> dict[str, Any]:
+    """CPU-seconds by process kind and, in the run's own process, by the innermost function of
+    ours (tasks/, flows/) on the stack, else the package running (py-spy's raw samples: one
+    line per distinct stack, ``process ...;...;frame;frame count``)."""
+    by_kind: Counter[str] = Counter()
+    ours: Counter[str] = Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        parts = stack.split(";")
+        procs = [p for p in parts if p.startswith("process ")]
+        frames = [p for p in parts if not p.startswith("process ")]
+        n = int(count)
+        if len(procs) <= 1:
+            kind = "newsflow run (the flow's process)"
+        elif "uvicorn" in procs[-1]:
+            kind = "Prefect API server"
+        elif any("_extract_chunk" in f for f in frames):
+            kind = "extraction workers"
+        elif any("article_features" in f for f in frames):
+            kind = "dedup feature workers"
+        else:
+            kind = "other processes (idle workers, start-up)"
+        by_kind[kind] += n
+        if len(procs) <= 1 and frames:
+            mine = [f for f in frames if re.search(r"\((tasks|flows)/", f)]
+            if mine:
+                ours[re.sub(r":\d+\)$", ")", mine[-1])] += n
+            else:
+                leaf = re.search(r"\(([\w<>]+)", frames[-1])
+                ours[f"(outside our code) {leaf.group(1) if leaf else frames[-1]}"] += n
+    return {
+        "cpu_seconds_by_process": {k: round(v / SPY_RATE, 1) for k, v in by_kind.most_common()},
+        "flow_process_top": {k: round(v / SPY_RATE, 2) for k, v in ours.most_common(top)},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--pages", type=int, default=2000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-bare", action="store_true")
     ap.add_argument("--profile", action="store_true", help="profile the cold run (pyinstrument)")
+    ap.add_argument("--py-spy", action="store_true", help="sample the cold run's processes")
     args = ap.parse_args()
     if not (CORPUS / "manifest.csv").exists():
         print(json.dumps({"skipped": "../shared/corpus absent"}))
@@ -361,7 +419,8 @@ def main() -> None:
         hits_before = len(server.requests)
         dest = ROOT / "bench" / "out"
         dest.mkdir(exist_ok=True)
-        cold = newsflow_run(cfg, dest / f"profile-{args.pages}.txt" if args.profile else None)
+        spy = dest / f"pyspy-{args.pages}.raw" if args.py_spy else None
+        cold = newsflow_run(cfg, dest / f"profile-{args.pages}.txt" if args.profile else None, spy)
         page_hits_cold = len(server.requests) - hits_before
         hits_before = len(server.requests)
         warm = newsflow_run(cfg)
@@ -400,6 +459,8 @@ def main() -> None:
         "page_fetches": page_hits_warm,
         "fraction_of_cold": round(warm["flow_seconds"] / cold["flow_seconds"], 3),
     }
+    if spy is not None:
+        out["py_spy"] = spy_summary(spy)
     if "bare_trafilatura" in out:
         out["cold_vs_bare_throughput"] = round(
             out["cold"]["pages_per_s"] / out["bare_trafilatura"]["pages_per_s"], 3
