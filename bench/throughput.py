@@ -317,7 +317,8 @@ def newsflow_run(cfg: Path, profile: Path | None = None, spy: Path | None = None
     if proc.returncode not in (0, 1) or "{" not in stdout:
         print(stderr[-4000:], file=sys.stderr)
         raise SystemExit(proc.returncode)
-    summary = json.loads(stdout[stdout.index("{") :])
+    # (raw_decode: py-spy, when it samples the run, writes lines of its own after the JSON)
+    summary, _ = json.JSONDecoder().raw_decode(stdout[stdout.index("{") :])
     summary["peak_rss_mb"]["largest_worker"] = sampler.peak_child_kb / 1024
     summary["peak_rss_mb"]["tree_sampled"] = sampler.peak_tree_kb / 1024
     summary["peak_rss_mb"]["parent_sampled"] = sampler.peak_parent_kb / 1024
