@@ -22,8 +22,8 @@ _CONSENT = re.compile(
     r"before you continue to|your privacy choices|cookie consent|consent\.(google|yahoo)\.com|"
     r"didomi|onetrust|quantcast choice|sp_message_container|privacy-mgmt\.com|cmp-container)"
 )
-"""Both matched against lower-cased text: ``re.I`` over a 200 kB page took 34 ms, ten times as
-long, and every page with a short text is looked at."""
+"""Both matched against lower-cased text: with ``re.I`` the search took ten times as long (34
+against 3.3 ms a corpus page, side by side), and every page with a short text is looked at."""
 SHORT_TEXT = 1500
 """Walls carry little text; a long article that merely mentions cookies is not one."""
 
