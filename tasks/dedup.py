@@ -842,15 +842,17 @@ def _stories(
     )
     is_fresh = np.asarray([d.id not in featured for d in new_docs], dtype=bool)
     fresh = [d for d, f in zip(new_docs, is_fresh.tolist(), strict=True) if f]
+    ids = [d.id for d in new_docs]
     vocabulary = stories.Vocabulary()
-    counts = stories.TermCounts.encode([d.id for d in new_docs], raws, vocabulary)
-    # The vocabulary learns the fresh articles' terms first (a whole batch at a time).
-    # story_df is append-only (term, count) rows, summed on lookup and compacted now and
-    # then: appending is ~40x faster in DuckDB than updating counts in place.
+    counts = stories.TermCounts.encode(ids, raws, vocabulary)  # every term of the batch
+    vocabulary_terms = pa.array(vocabulary.terms(), pa.string())
+    # The fresh articles' document counts go to story_df, append-only (term, count) rows,
+    # summed on lookup and compacted now and then: appending is ~40x faster in DuckDB than
+    # updating counts in place.
     if fresh:
         per_column = counts.document_counts(is_fresh, len(vocabulary))
         where = np.flatnonzero(per_column)
-        terms = pa.array(vocabulary.terms(), pa.string()).take(pa.array(where))
+        terms = vocabulary_terms.take(pa.array(where))
         _stage(con, "staged_df", {"term": terms, "df": pa.array(per_column[where])})
         con.execute("INSERT INTO story_df SELECT term, df FROM staged_df")
         cache.dfs.add(dict(zip(terms.to_pylist(), per_column[where].tolist(), strict=True)))
@@ -863,18 +865,16 @@ def _stories(
     n_row = con.execute("SELECT count(*) FROM story_featured").fetchone()
     n_docs = int(n_row[0]) if n_row else 0
     df = cache.dfs.lookup(con, set(vocabulary.terms()))
-    fm = stories.featurise_matrix(
-        [d.id for d in new_docs], raws, df, n_docs, params, vocabulary, counts
-    )
+    fm = stories.featurise_matrix(ids, raws, df, n_docs, params, vocabulary, counts)
     # Each new article's blocking terms, one row each: the fresh ones are stored.
     owner = np.repeat(np.arange(len(new_docs)), [len(b) for b in fm.blocking])
-    terms = pa.array(vocabulary.terms(), pa.string()).take(pa.array(np.concatenate(fm.blocking)))
+    terms = vocabulary_terms.take(pa.array(np.concatenate(fm.blocking)))
     times = pa.array([d.time for d in new_docs], pa.timestamp("us", tz="UTC"))
     con.register(
         "staged_blocking",
         pa.table(
             {
-                "article_id": pa.array([d.id for d in new_docs], pa.string()).take(owner),
+                "article_id": pa.array(ids, pa.string()).take(owner),
                 "term": terms,
                 "article_time": times.take(owner),
                 "fresh": is_fresh[owner],
