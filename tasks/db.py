@@ -158,14 +158,7 @@ class Warehouse:
             if self._session is not None:
                 yield self._session
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = open_connection(
-                self.path,
-                read_only=False,
-                lock_timeout=self.lock_timeout,
-                fts=False,
-                memory_limit=self.memory_limit,
-            )
+            con = self._open_read_write()
             try:
                 con.execute(_WRITER_SETTINGS)
                 yield con
@@ -184,14 +177,7 @@ class Warehouse:
             if self._session is not None:
                 yield
                 return
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            con = open_connection(
-                self.path,
-                read_only=False,
-                lock_timeout=self.lock_timeout,
-                fts=False,
-                memory_limit=self.memory_limit,
-            )
+            con = self._open_read_write()
             con.execute("SET checkpoint_threshold = '1GB'")
             self._session = con
         try:
@@ -203,6 +189,18 @@ class Warehouse:
                     con.execute("CHECKPOINT")
                 finally:
                     con.close()
+
+    def _open_read_write(self) -> duckdb.DuckDBPyConnection:
+        """The file opened for writing (created, with its folder, if new): for :meth:`writer`
+        and :meth:`session`, under the write lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return open_connection(
+            self.path,
+            read_only=False,
+            lock_timeout=self.lock_timeout,
+            fts=False,
+            memory_limit=self.memory_limit,
+        )
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
