@@ -19,7 +19,7 @@ import threading
 import time
 import zlib
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -501,6 +501,10 @@ class Warehouse:
         """
         with self.writer() as con:
             _load_fts(con)
+            # A bounded cache for what spills (tokenizing, sorting): at 20k pages, indexing
+            # in the load's shadow took the run's process from 540 to 1,160 MB. Deletes stay
+            # out of it (see _rewrite_postings_from).
+            cap = _Cap(con, INDEX_MEMORY if self.memory_limit is None else None)
             if rebuild:
                 con.execute("BEGIN")
                 _clear_search_index(con)
@@ -509,31 +513,34 @@ class Warehouse:
             new = _count(con, "articles") - indexed
             if new <= 0:
                 if compact:
-                    _sort_postings_tail(con)
-                    _merge_runs(con, everything=True)
+                    _sort_postings_tail(con, cap)
+                    _merge_runs(con, cap, everything=True)
                 return 0
             # A refresh this big, after a sorted index, adds sorted runs of its own (each chunk
             # is inserted in term order); smaller ones leave a tail to sort later.
             runs_of_own = new >= _SORTED_RUN_DOCS and _sorted_docs(con) == indexed
-            con.execute(
-                "CREATE OR REPLACE TEMP TABLE search_new AS "
-                "SELECT (SELECT coalesce(max(docid) + 1, 0) FROM search_docs) "
-                "       + row_number() OVER () - 1 AS docid, a.article_id "
-                "FROM articles a WHERE NOT EXISTS "
-                "(SELECT 1 FROM search_docs d WHERE d.article_id = a.article_id)"
-            )
-            bounds = con.execute("SELECT min(docid), max(docid) FROM search_new").fetchone()
-            first, last = (
-                (int(bounds[0]), int(bounds[1])) if bounds and bounds[0] is not None else (0, -1)
-            )
-            n = last - first + 1
-            size = -(-n // max(1, -(-n // _INDEX_CHUNK)))  # equal chunks, _INDEX_CHUNK at most
             try:
-                for lo in range(first, last + 1, size):
-                    _index_chunk(con, lo, min(last, lo + size - 1), run_of_own=runs_of_own)
+                with cap():
+                    con.execute(
+                        "CREATE OR REPLACE TEMP TABLE search_new AS "
+                        "SELECT (SELECT coalesce(max(docid) + 1, 0) FROM search_docs) "
+                        "       + row_number() OVER () - 1 AS docid, a.article_id "
+                        "FROM articles a WHERE NOT EXISTS "
+                        "(SELECT 1 FROM search_docs d WHERE d.article_id = a.article_id)"
+                    )
+                    bounds = con.execute("SELECT min(docid), max(docid) FROM search_new").fetchone()
+                    first, last = (
+                        (int(bounds[0]), int(bounds[1]))
+                        if bounds and bounds[0] is not None
+                        else (0, -1)
+                    )
+                    n = last - first + 1
+                    size = -(-n // max(1, -(-n // _INDEX_CHUNK)))  # equal chunks, at most
+                    for lo in range(first, last + 1, size):  # _INDEX_CHUNK each
+                        _index_chunk(con, lo, min(last, lo + size - 1), run_of_own=runs_of_own)
                 if compact or last + 1 - _sorted_docs(con) >= _SORTED_RUN_DOCS:
-                    _sort_postings_tail(con)
-                _merge_runs(con, everything=compact)
+                    _sort_postings_tail(con, cap)
+                _merge_runs(con, cap, everything=compact)
             finally:
                 con.execute("DROP TABLE IF EXISTS search_new")
                 con.execute("DROP TABLE IF EXISTS search_chunk")
@@ -1029,6 +1036,22 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
 
 # Articles tokenized per transaction by ``refresh_search_index`` (bounds its memory).
 _INDEX_CHUNK = 100_000
+INDEX_MEMORY = "256MB"
+"""DuckDB's memory limit while the search index tokenizes and sorts, unless
+``warehouse.memory_limit`` is set."""
+
+
+class _Cap:
+    """``cap()``: a block under DuckDB memory limit ``limit`` (see :func:`capped_memory`),
+    or under the connection's own with None."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, limit: str | None) -> None:
+        self.con, self.limit = con, limit
+
+    def __call__(self) -> AbstractContextManager[None]:
+        return nullcontext() if self.limit is None else capped_memory(self.con, self.limit)
+
+
 # Documents whose postings, appended in small refreshes, are sorted by term together.
 _SORTED_RUN_DOCS = 20_000
 
@@ -1128,7 +1151,7 @@ def _set_sorted_docs(con: duckdb.DuckDBPyConnection, value: int) -> None:
     con.execute("UPDATE writer_state SET value = ? WHERE key = 'search_sorted_docs'", [value])
 
 
-def _sort_postings_tail(con: duckdb.DuckDBPyConnection) -> None:
+def _sort_postings_tail(con: duckdb.DuckDBPyConnection, cap: _Cap) -> None:
     """Rewrite the postings of the documents indexed since the last sort in term order, as
     one run, so that a query's scan skips its row groups but the few that hold its terms."""
     since = _sorted_docs(con)
@@ -1137,7 +1160,7 @@ def _sort_postings_tail(con: duckdb.DuckDBPyConnection) -> None:
         return
     con.execute("BEGIN")
     try:
-        _rewrite_postings_from(con, since)
+        _rewrite_postings_from(con, since, cap)
         con.execute("INSERT INTO search_runs VALUES (?, ?)", [since, total])
         _set_sorted_docs(con, total)
         con.execute("COMMIT")
@@ -1146,7 +1169,7 @@ def _sort_postings_tail(con: duckdb.DuckDBPyConnection) -> None:
         raise
 
 
-def _merge_runs(con: duckdb.DuckDBPyConnection, *, everything: bool = False) -> None:
+def _merge_runs(con: duckdb.DuckDBPyConnection, cap: _Cap, *, everything: bool = False) -> None:
     """Merge the newest sorted runs into one once they amount to half the run before them (or
     all runs, with ``everything``): a query reads a term's postings in each run, so few runs
     must remain, and each posting is rewritten a few times only as the index grows (a run is
@@ -1164,18 +1187,20 @@ def _merge_runs(con: duckdb.DuckDBPyConnection, *, everything: bool = False) -> 
     since = int(runs[start][0])
     con.execute("BEGIN")
     try:
-        _rewrite_postings_from(con, since)
+        # Terms appended by refreshes since go to their place too (a query's lookup of its
+        # terms then skips all but a row group or so). Sorted first: nothing runs under the
+        # cap once the transaction has deleted rows.
+        with cap():
+            con.execute(
+                "CREATE OR REPLACE TEMP TABLE search_terms_sorted AS "
+                "SELECT * FROM search_terms ORDER BY term"
+            )
+        _rewrite_postings_from(con, since, cap)
         end = con.execute("SELECT max(end_docid) FROM search_runs").fetchone()
         con.execute("DELETE FROM search_runs WHERE first_docid >= ?", [since])
         con.execute("INSERT INTO search_runs VALUES (?, ?)", [since, end[0] if end else since])
-        # Terms appended by refreshes since go to their place too (a query's lookup of its
-        # terms then skips all but a row group or so).
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE search_terms_sorted AS "
-            "SELECT * FROM search_terms ORDER BY term"
-        )
         con.execute("DELETE FROM search_terms")
-        con.execute("INSERT INTO search_terms SELECT * FROM search_terms_sorted ORDER BY term")
+        con.execute("INSERT INTO search_terms SELECT * FROM search_terms_sorted")  # in order
         con.execute("DROP TABLE search_terms_sorted")
         con.execute("COMMIT")
     except Exception:
@@ -1183,25 +1208,35 @@ def _merge_runs(con: duckdb.DuckDBPyConnection, *, everything: bool = False) -> 
         raise
 
 
-def _rewrite_postings_from(con: duckdb.DuckDBPyConnection, since: int) -> None:
+def _rewrite_postings_from(con: duckdb.DuckDBPyConnection, since: int, cap: _Cap) -> None:
     """Rewrite the postings of documents ``since`` on in term order (in the caller's
-    transaction). All of them: a new table takes the old one's place (no copy to hold aside)."""
+    transaction). All of them: a new table takes the old one's place (no copy to hold aside).
+
+    The sorts run under ``cap`` (they spill); a ``DELETE`` never does, nor anything after it in
+    its transaction: the rows it marks are held in memory until the commit, and do not spill.
+    Emptying a 1M-article index under 512MB failed, and DuckDB, unable to roll back, aborted
+    the process. A sorted table read whole keeps its order (DuckDB preserves insertion order),
+    so its rows are inserted as they are read, without a second sort.
+    """
     if since == 0:
         con.execute(
             "CREATE TABLE search_postings_merged (term TEXT NOT NULL, docid INTEGER NOT NULL, "
             "tf INTEGER NOT NULL, len INTEGER NOT NULL)"
         )
-        con.execute(
-            "INSERT INTO search_postings_merged SELECT * FROM search_postings ORDER BY term, docid"
-        )
+        with cap():
+            con.execute(
+                "INSERT INTO search_postings_merged "
+                "SELECT * FROM search_postings ORDER BY term, docid"
+            )
         con.execute("DROP TABLE search_postings")
         con.execute("ALTER TABLE search_postings_merged RENAME TO search_postings")
         return
-    con.execute(
-        "CREATE OR REPLACE TEMP TABLE search_tail AS "
-        "SELECT * FROM search_postings WHERE docid >= ? ORDER BY term, docid",
-        [since],
-    )
+    with cap():
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE search_tail AS "
+            "SELECT * FROM search_postings WHERE docid >= ? ORDER BY term, docid",
+            [since],
+        )
     con.execute("DELETE FROM search_postings WHERE docid >= ?", [since])
-    con.execute("INSERT INTO search_postings SELECT * FROM search_tail ORDER BY term, docid")
+    con.execute("INSERT INTO search_postings SELECT * FROM search_tail")  # in order
     con.execute("DROP TABLE search_tail")

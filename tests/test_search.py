@@ -55,6 +55,21 @@ def search(wh: Warehouse, words: str, limit: int = 10) -> list[tuple[str, float,
     return [(r[0], r[1], r[4]) for r in rows]
 
 
+def runs_out_of_order(wh: Warehouse) -> list[tuple[int, int]]:
+    """The sorted runs whose postings are not stored in (term, docid) order (a search would
+    then read most of their row groups instead of the few holding its terms)."""
+    _, runs = wh.query("SELECT first_docid, end_docid FROM search_runs ORDER BY first_docid")
+    out = []
+    for first, end in runs:
+        _, rows = wh.query(
+            "SELECT term, docid FROM search_postings WHERE docid >= ? AND docid < ? ORDER BY rowid",
+            [first, end],
+        )
+        if rows != sorted(rows):
+            out.append((first, end))
+    return out
+
+
 @pytest.fixture
 def wh(tmp_path: Path) -> Warehouse:
     w = Warehouse(tmp_path / "news.duckdb")
@@ -160,8 +175,10 @@ def test_an_index_grown_over_many_runs_ranks_as_the_extension(wh, tmp_path, monk
         for q in queries:
             ours = sorted((aid, score) for aid, score, _ in seen[-1][q])
             assert ours == sorted(extension_bm25(tmp_path / "news.duckdb", q)), (start, q)
+        assert runs_out_of_order(wh) == []
 
     wh.refresh_search_index(compact=True)  # everything in one run: the same answers
     assert {q: search(wh, q, limit=100) for q in queries} == seen[-1]
+    assert runs_out_of_order(wh) == [] and len(wh.query("SELECT * FROM search_runs")[1]) == 1
     wh.refresh_search_index(rebuild=True)  # and as built at once
     assert {q: search(wh, q, limit=100) for q in queries} == seen[-1]
