@@ -501,9 +501,9 @@ class Warehouse:
         """
         with self.writer() as con:
             _load_fts(con)
-            # A bounded cache for what spills (tokenizing, sorting): at 20k pages, indexing
-            # in the load's shadow took the run's process from 540 to 1,160 MB. Deletes stay
-            # out of it (see _rewrite_postings_from).
+            # A bounded cache for what spills (tokenizing, sorting): at 20k pages, the last
+            # pass of the sources phase (a sort of every posting) took the run's process from
+            # 790 to 1,160 MB. Deletes stay out of it (see _rewrite_postings_from).
             cap = _Cap(con, INDEX_MEMORY if self.memory_limit is None else None)
             if rebuild:
                 con.execute("BEGIN")
@@ -1213,10 +1213,10 @@ def _rewrite_postings_from(con: duckdb.DuckDBPyConnection, since: int, cap: _Cap
     transaction). All of them: a new table takes the old one's place (no copy to hold aside).
 
     The sorts run under ``cap`` (they spill); a ``DELETE`` never does, nor anything after it in
-    its transaction: the rows it marks are held in memory until the commit, and do not spill.
-    Emptying a 1M-article index under 512MB failed, and DuckDB, unable to roll back, aborted
-    the process. A sorted table read whole keeps its order (DuckDB preserves insertion order),
-    so its rows are inserted as they are read, without a second sort.
+    its transaction: what it holds until the commit does not spill. Emptying a 1M-article
+    index under 512MB ran out of memory, and DuckDB, unable to roll back, aborted the process.
+    A sorted table read whole keeps its order (DuckDB preserves insertion order), so its rows
+    are inserted as they are read, without a second sort.
     """
     if since == 0:
         con.execute(
