@@ -70,11 +70,6 @@ _DUCKDB_CONFIG: _Config = {
 # the checkpoint threshold checkpoints at once and skips the write-ahead log (written once).
 _WRITER_SETTINGS = "SET max_vacuum_tasks = 0; SET checkpoint_threshold = '4MB'"
 
-# Checkpoints write strings without FSST: trying it on every string column was a third of a
-# 10k-article load's commit (load 24k -> 31k articles/s at 100k). It compressed only the short
-# columns (ids, URLs, titles: 8.9 MB per 100k real articles, 22 MB without), never the text.
-_NO_FSST = "SET disabled_compression_methods = 'fsst'"
-
 
 def _is_lock_error(exc: Exception) -> bool:
     text = str(exc).lower()
@@ -199,15 +194,13 @@ class Warehouse:
         """The file opened for writing (created, with its folder, if new): for :meth:`writer`
         and :meth:`session`, under the write lock."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        con = open_connection(
+        return open_connection(
             self.path,
             read_only=False,
             lock_timeout=self.lock_timeout,
             fts=False,
             memory_limit=self.memory_limit,
         )
-        con.execute(_NO_FSST)
-        return con
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
