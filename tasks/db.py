@@ -535,8 +535,9 @@ class Warehouse:
                         else (0, -1)
                     )
                     n = last - first + 1
-                    size = -(-n // max(1, -(-n // _INDEX_CHUNK)))  # equal chunks, at most
-                    for lo in range(first, last + 1, size):  # _INDEX_CHUNK each
+                    # equal chunks, _INDEX_CHUNK at most
+                    size = -(-n // max(1, -(-n // _INDEX_CHUNK)))
+                    for lo in range(first, last + 1, size):
                         _index_chunk(con, lo, min(last, lo + size - 1), run_of_own=runs_of_own)
                 if compact or last + 1 - _sorted_docs(con) >= _SORTED_RUN_DOCS:
                     _sort_postings_tail(con, cap)
@@ -1041,6 +1042,10 @@ INDEX_MEMORY = "256MB"
 ``warehouse.memory_limit`` is set."""
 
 
+# Documents whose postings, appended in small refreshes, are sorted by term together.
+_SORTED_RUN_DOCS = 20_000
+
+
 class _Cap:
     """``cap()``: a block under DuckDB memory limit ``limit`` (see :func:`capped_memory`),
     or under the connection's own with None."""
@@ -1050,10 +1055,6 @@ class _Cap:
 
     def __call__(self) -> AbstractContextManager[None]:
         return nullcontext() if self.limit is None else capped_memory(self.con, self.limit)
-
-
-# Documents whose postings, appended in small refreshes, are sorted by term together.
-_SORTED_RUN_DOCS = 20_000
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:
