@@ -18,10 +18,11 @@ import os
 import threading
 import time
 import zlib
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from operator import attrgetter
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,11 @@ class Warehouse:
                     con.execute("CHECKPOINT")
                 finally:
                     con.close()
+
+    def capped(self, con: duckdb.DuckDBPyConnection, limit: str) -> AbstractContextManager[None]:
+        """A block of ``con``'s under DuckDB memory limit ``limit`` (see :func:`capped_memory`),
+        unless ``warehouse.memory_limit`` is set: the user's own limit then holds."""
+        return nullcontext() if self.memory_limit is not None else capped_memory(con, limit)
 
     def _open_read_write(self) -> duckdb.DuckDBPyConnection:
         """The file opened for writing (created, with its folder, if new): for :meth:`writer`
@@ -504,7 +510,7 @@ class Warehouse:
             # A bounded cache for what spills (tokenizing, sorting): at 20k pages, the last
             # pass of the sources phase (a sort of every posting) took the run's process from
             # 790 to 1,160 MB. Deletes stay out of it (see _rewrite_postings_from).
-            cap = _Cap(con, INDEX_MEMORY if self.memory_limit is None else None)
+            cap = partial(self.capped, con, INDEX_MEMORY)
             if rebuild:
                 con.execute("BEGIN")
                 _clear_search_index(con)
@@ -1046,15 +1052,8 @@ INDEX_MEMORY = "256MB"
 _SORTED_RUN_DOCS = 20_000
 
 
-class _Cap:
-    """``cap()``: a block under DuckDB memory limit ``limit`` (see :func:`capped_memory`),
-    or under the connection's own with None."""
-
-    def __init__(self, con: duckdb.DuckDBPyConnection, limit: str | None) -> None:
-        self.con, self.limit = con, limit
-
-    def __call__(self) -> AbstractContextManager[None]:
-        return nullcontext() if self.limit is None else capped_memory(self.con, self.limit)
+_Cap = Callable[[], AbstractContextManager[None]]
+"""``cap()``: a block under an operation's DuckDB memory limit (see :meth:`Warehouse.capped`)."""
 
 
 def _count(con: duckdb.DuckDBPyConnection, table: str) -> int:

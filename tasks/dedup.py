@@ -43,7 +43,7 @@ from scipy.sparse import csgraph
 from config.settings import Settings
 from tasks.core import neardup, stories
 from tasks.core.features import Features, article_features
-from tasks.db import Warehouse, capped_memory, single_thread
+from tasks.db import Warehouse, single_thread
 
 MIN_NEAR_SHINGLES = 20
 """Texts with fewer shingles are too short to call near-duplicates (a headline, a teaser)."""
@@ -383,8 +383,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
                     # workers have the other cores (two threads cost a third more CPU). And
                     # a bounded cache: at 20k pages it grew to 1.6 GB over the pass.
                     session.enter_context(single_thread(con))
-                    if wh.memory_limit is None:  # else the user's own limit holds
-                        session.enter_context(capped_memory(con, CLUSTER_MEMORY))
+                    session.enter_context(wh.capped(con, CLUSTER_MEMORY))
             with wh.writer() as con:
                 t0 = time.perf_counter()
                 if ahead is None:
