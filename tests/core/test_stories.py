@@ -18,6 +18,7 @@ from tasks.core.stories import (
     StoryDoc,
     StoryParams,
     _average_linkage,
+    _pair_cosines,
     assign_stories,
     blocking_terms,
     choose_representative,
@@ -240,6 +241,20 @@ def test_blocking_terms_of_a_batch_are_each_articles_heaviest(words, k) -> None:
     feats = featurise(docs, {"lima": 3, "aid": 9}, 20, params)
     for f in feats:
         assert list(f.blocking) == blocking_terms(f.weights, params)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 40))
+def test_pair_similarities_computed_in_steps_are_those_computed_at_once(seed, entries) -> None:
+    # Pair similarities are computed a bounded number of stored entries at a time, so that
+    # memory does not grow with the pairs: a step boundary must neither drop nor shift a pair.
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    matrix = sp.random(12, 30, density=0.3, format="csr", random_state=rng)
+    left, right = rng.integers(0, 12, size=(2, int(rng.integers(0, 50))))
+    at_once = (matrix[left].toarray() * matrix[right].toarray()).sum(axis=1)
+    assert np.allclose(_pair_cosines(matrix, left, right, entries), at_once)
 
 
 def test_time_window() -> None:
