@@ -243,7 +243,7 @@ class _PendingFeatures:
     def result(self) -> Features:
         """The features of all ``n`` rows; a skipped row has an empty sketch and no raws."""
         done = [p if isinstance(p, Features) else p.result() for p in self.parts]
-        raws: dict[str, dict[str, float]] = {}
+        raws: dict[str, stories.RawTerms] = {}
         for p in done:
             raws.update(p.raws)
         bins = NEAR_PARAMS.num_bins
@@ -322,21 +322,21 @@ class _RawCache:
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.data: dict[str, dict[str, float]] = {}
+        self.data: dict[str, stories.RawTerms] = {}
         self.entries = 0
 
-    def add(self, raws: Mapping[str, dict[str, float]]) -> None:
+    def add(self, raws: Mapping[str, stories.RawTerms]) -> None:
         """Keep ``raws``, dropping the oldest articles once ``size`` entries are held."""
         data = self.data
         for key, raw in raws.items():
             old = data.pop(key, None)
-            self.entries += len(raw) - (len(old) if old is not None else 0)
+            self.entries += len(raw.terms) - (len(old.terms) if old is not None else 0)
             data[key] = raw
         drop = []
         for key, raw in data.items():  # oldest first
             if self.entries <= self.size:
                 break
-            self.entries -= len(raw)
+            self.entries -= len(raw.terms)
             drop.append(key)
         for key in drop:
             del data[key]
@@ -812,7 +812,7 @@ def _link_groups(
 def _stories(
     con: duckdb.DuckDBPyConnection,
     batch: _Batch,
-    raws: Mapping[str, dict[str, float]],
+    raws: Mapping[str, stories.RawTerms],
     cache: _PassCache,
     policies: Mapping[str, SourcePolicy],
     params: stories.StoryParams,
@@ -858,7 +858,10 @@ def _stories(
         _stage(
             con,
             "staged_featured",
-            {"article_id": [d.id for d in fresh], "n_terms": [len(raws[d.id]) for d in fresh]},
+            {
+                "article_id": [d.id for d in fresh],
+                "n_terms": [len(raws[d.id].terms) for d in fresh],
+            },
         )
         con.execute("INSERT INTO story_featured SELECT * FROM staged_featured")
     n_row = con.execute("SELECT count(*) FROM story_featured").fetchone()
@@ -896,7 +899,7 @@ def _stories(
             texts = _texts(con, {d.id: rowid_of[d.id] for d in missing})
             missing = [replace(d, text=texts.get(d.id, "")) for d in missing]
             n_raws.update(stories.raw_term_frequencies(missing, params))
-        df = cache.dfs.lookup(con, set().union(*n_raws.values()))
+        df = cache.dfs.lookup(con, set().union(*(r.terms for r in n_raws.values())))
         fm = stories.FeatureMatrix.stack(
             [
                 fm,

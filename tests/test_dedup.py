@@ -422,11 +422,15 @@ def test_articles_are_read_right_when_their_rowids_have_moved(tmp_path, make_con
 def test_the_term_cache_holds_a_bounded_number_of_terms_oldest_out():
     # The cache of recent articles' term frequencies is bounded by terms, not articles: a
     # count of articles let long pages hold several times as much.
+    from tasks.core.stories import RawTerms
     from tasks.dedup import _RawCache
 
+    def raw(terms: str) -> RawTerms:
+        return RawTerms.pack(dict.fromkeys(terms, 1.0))
+
     cache = _RawCache(size=10)
-    cache.add({"a": dict.fromkeys("abcd", 1.0), "b": dict.fromkeys("efg", 1.0)})
-    cache.add({"a": dict.fromkeys("ab", 1.0)})  # replaced: 2 + 3 terms
+    cache.add({"a": raw("abcd"), "b": raw("efg")})
+    cache.add({"a": raw("ab")})  # replaced: 2 + 3 terms
     assert cache.entries == 5 and set(cache.data) == {"a", "b"}
-    cache.add({"c": dict.fromkeys("hijkl", 1.0), "d": dict.fromkeys("mn", 1.0)})
+    cache.add({"c": raw("hijkl"), "d": raw("mn")})
     assert list(cache.data) == ["a", "c", "d"] and cache.entries == 9  # "b" was the oldest

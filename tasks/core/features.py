@@ -16,7 +16,7 @@ class Features:
     """Sketches (row ``i`` is article ``i``) and raw term frequencies by article id."""
 
     sketches: neardup.Sketches
-    raws: dict[str, dict[str, float]]
+    raws: dict[str, stories.RawTerms]
 
 
 def article_features(

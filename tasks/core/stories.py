@@ -55,6 +55,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -81,6 +82,7 @@ __all__ = [
     "featurise_matrix",
     "TermCounts",
     "pair_similarity",
+    "RawTerms",
     "raw_term_frequencies",
     "term_weights",
 ]
@@ -284,6 +286,19 @@ class _Featuriser:
             return list(map(cache.__getitem__, tokens))
 
 
+class RawTerms(NamedTuple):
+    """One article's raw term frequencies: ``tf[k]`` is the frequency of ``terms[k]``. Packed
+    so because dedup keeps a million of them in memory and gets them from worker processes:
+    as a dict, one entry took 57 bytes besides its term string, packed 17."""
+
+    terms: tuple[str, ...]
+    tf: npt.NDArray[np.float64]
+
+    @staticmethod
+    def pack(tf: Mapping[str, float]) -> RawTerms:
+        return RawTerms(tuple(tf), np.fromiter(tf.values(), np.float64, len(tf)))
+
+
 def document_terms(title: str, text: str, params: StoryParams | None = None) -> frozenset[str]:
     """Distinct terms of an article; add 1 to each one's document frequency when storing it."""
     return frozenset(_Featuriser(params or StoryParams()).raw(title, text))
@@ -405,13 +420,13 @@ class TermCounts:
 
     @staticmethod
     def encode(
-        ids: Sequence[str], raws: Mapping[str, Mapping[str, float]], vocabulary: Vocabulary
+        ids: Sequence[str], raws: Mapping[str, RawTerms], vocabulary: Vocabulary
     ) -> TermCounts:
         """The rows of ``ids`` from :func:`raw_term_frequencies` (new terms get columns)."""
-        lengths = np.fromiter((len(raws[i]) for i in ids), dtype=np.int64, count=len(ids))
+        lengths = np.fromiter((len(raws[i].terms) for i in ids), dtype=np.int64, count=len(ids))
         total = int(lengths.sum())
-        cols = vocabulary.columns(chain.from_iterable(raws[i] for i in ids), total)
-        tf = np.fromiter(chain.from_iterable(raws[i].values() for i in ids), np.float64, total)
+        cols = vocabulary.columns(chain.from_iterable(raws[i].terms for i in ids), total)
+        tf = np.concatenate([raws[i].tf for i in ids]) if ids else np.empty(0, np.float64)
         return TermCounts(cols, tf, np.concatenate([[0], np.cumsum(lengths)]))
 
     def document_counts(self, rows: npt.NDArray[np.bool_], width: int) -> npt.NDArray[np.int64]:
@@ -422,7 +437,7 @@ class TermCounts:
 
 def featurise_matrix(
     ids: Sequence[str],
-    raws: Mapping[str, Mapping[str, float]],
+    raws: Mapping[str, RawTerms],
     df: Mapping[str, int],
     n_docs: int,
     params: StoryParams,
@@ -552,18 +567,16 @@ def featurise(
     raws = raw_term_frequencies(docs, params)
     fm = featurise_matrix([d.id for d in docs], raws, df, n_docs, params)
     return [
-        ArticleFeatures(d.id, frozenset(raws[d.id]), fm.blocking_terms(k), fm.weights(k))
+        ArticleFeatures(d.id, frozenset(raws[d.id].terms), fm.blocking_terms(k), fm.weights(k))
         for k, d in enumerate(docs)
     ]
 
 
-def raw_term_frequencies(
-    docs: Iterable[StoryDoc], params: StoryParams
-) -> dict[str, dict[str, float]]:
+def raw_term_frequencies(docs: Iterable[StoryDoc], params: StoryParams) -> dict[str, RawTerms]:
     """Each article's raw (lead- and entity-weighted) term frequencies, by id: the one
-    tokenising pass; its keys are the terms whose document frequency the caller looks up."""
+    tokenising pass; their terms are those whose document frequency the caller looks up."""
     featuriser = _featuriser(params)
-    return {d.id: featuriser.raw(d.title, d.text) for d in docs}
+    return {d.id: RawTerms.pack(featuriser.raw(d.title, d.text)) for d in docs}
 
 
 _FEATURISERS: dict[StoryParams, _Featuriser] = {}
@@ -582,7 +595,8 @@ def pair_similarity(
 ) -> float:
     """Cosine similarity of two articles' TF-IDF vectors (the same-story score)."""
     featuriser = _Featuriser(params)
-    raws = {"a": featuriser.raw(a.title, a.text), "b": featuriser.raw(b.title, b.text)}
+    raws = {"a": RawTerms.pack(featuriser.raw(a.title, a.text)),
+            "b": RawTerms.pack(featuriser.raw(b.title, b.text))}  # fmt: skip
     fm = featurise_matrix(["a", "b"], raws, df, n_docs, params)
     return float(fm.rows[0].multiply(fm.rows[1]).sum())
 
