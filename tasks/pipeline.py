@@ -55,8 +55,9 @@ class RunContext:
     warehouse: Warehouse
     fetcher: Fetcher
     extractor: Extractor
-    on_loaded: Callable[[], None] | None = None
-    """Called after each batch that brought new articles is loaded (the flow's indexer)."""
+    on_loaded: Callable[[int], None] | None = None
+    """Called with the number of new articles after each batch that brought some is loaded
+    (the flow's indexer)."""
 
 
 @dataclass
@@ -369,7 +370,7 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     _release(linked, articles, errors)
     out.timed("load", t0)
     if ctx.on_loaded is not None and n_new:
-        ctx.on_loaded()
+        ctx.on_loaded(n_new)
     out.new_articles += n_new
     out.duplicates += n_dup
     out.errors += n_err

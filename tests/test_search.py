@@ -4,6 +4,7 @@ up. Real warehouse files, loaded through the real load path."""
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -157,6 +158,29 @@ def test_articles_whose_rowids_moved_are_indexed_as_any(wh, tmp_path):
     clean.refresh_search_index()
     for words in ("storm", "harbour", "tram minutes", "café walls"):
         assert search(wh, words) == search(clean, words) != []
+
+
+def test_during_a_run_articles_are_indexed_once_enough_have_been_loaded(wh):
+    # A run indexes in a thread while later batches are extracted: a pass once ``every`` new
+    # articles are loaded, not after each load (each pass has a fixed cost); the flow's last
+    # pass indexes the rest.
+    from flows.ingest import _Indexer
+
+    indexer = _Indexer(wh, every=3)
+    try:
+        for i, (t, x) in enumerate(FIRST_RUN):  # five loads of one article each
+            load(wh, "run1", [article(i, t, x)])
+            indexer.loaded(1)
+            if i == 2:  # the third: a pass
+                deadline = time.monotonic() + 60
+                while not search(wh, "storm") and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert [h[2] for h in search(wh, "storm")] == ["Storm closes coast road"]
+    finally:
+        indexer.finish()
+    assert wh.query("SELECT count(*) FROM search_docs")[1] == [(3,)]
+    assert search(wh, "festival") == []  # the fourth and fifth wait for the flow's last pass
+    assert wh.search_index_stale()
 
 
 def test_a_re_extracted_text_is_searched_by_its_new_words(wh, tmp_path):
