@@ -197,7 +197,12 @@ def _read_ahead(
     filed = _filed(
         copies, rows, lambda o: o in clustered or batch_of.get(o, k + 1) <= k, window, policies
     )
-    return _Batch(rows, copies, pool.submit(rows, exact=copies.keys(), filed=filed.keys()))
+    features = pool.submit(rows, exact=copies.keys(), filed=filed.keys())
+    # The workers have the texts: only a copy guessed to be filed may need its own here (see
+    # _stories). The others are let go, freed once the features are computed rather than
+    # once the batch is stored.
+    rows = [r if r[0] in filed else (*r[:2], None, *r[3:]) for r in rows]
+    return _Batch(rows, copies, features)
 
 
 _EXACT = ("content_hash", "canonical_url")
