@@ -68,6 +68,12 @@ long pages (counted in articles, long pages held several times as much)."""
 CLUSTER_MEMORY = "512MB"
 """DuckDB's memory limit during a clustering pass, unless ``warehouse.memory_limit`` is set."""
 
+TEXT_READ_MEMORY = "64MB"
+"""DuckDB's memory limit while a batch's texts are read (outside it, the pass's). They lie
+scattered over the table, and DuckDB kept every block it read: the text of every article,
+180 MB of a 20k-page warehouse after each batch's read (a clustering pass over it peaked at
+850 MB, now 540 MB)."""
+
 DF_CACHE = 300_000
 """Document frequencies kept in memory during a pass (terms)."""
 
@@ -178,6 +184,21 @@ def _by_rowid(
     return got
 
 
+def _read_rows_lean(
+    con: duckdb.DuckDBPyConnection, batch: Sequence[tuple[int, str]], limit: str
+) -> list[tuple[Any, ...]]:
+    """:func:`_read_rows` under ``TEXT_READ_MEMORY``, then back to ``limit`` (the pass's);
+    a batch whose texts do not fit is read again under ``limit``. Outside a transaction."""
+    try:
+        con.execute(f"SET memory_limit = '{TEXT_READ_MEMORY}'")
+        return _read_rows(con, batch)
+    except duckdb.OutOfMemoryException:
+        pass
+    finally:
+        con.execute(f"SET memory_limit = '{limit}'")
+    return _read_rows(con, batch)
+
+
 def _read_ahead(
     con: duckdb.DuckDBPyConnection,
     pool: _FeaturePool,
@@ -186,12 +207,14 @@ def _read_ahead(
     batch_of: Mapping[str, int],
     window: timedelta,
     policies: Mapping[str, SourcePolicy],
+    limit: str,
 ) -> _Batch:
-    """Read batch ``k`` and start its features. Exact copies get no sketch (their original
-    stands for them); those that will be filed under their original's story (it is clustered,
-    or pending up to this batch) get no features at all. ``_stories`` decides again when the
-    batch is stored and featurises any copy this guess got wrong."""
-    rows = _read_rows(con, batch)
+    """Read batch ``k`` and start its features (``limit``: the pass's DuckDB memory limit).
+    Exact copies get no sketch (their original stands for them); those that will be filed
+    under their original's story (it is clustered, or pending up to this batch) get no
+    features at all. ``_stories`` decides again when the batch is stored and featurises any
+    copy this guess got wrong."""
+    rows = _read_rows_lean(con, batch, limit)
     copies = _copy_pairs(con, [r[0] for r in rows])
     clustered = _clustered_originals(con, copies)
     filed = _filed(
@@ -374,6 +397,7 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
     window = params.window
     cache = _PassCache(_RawCache(RAW_CACHE), _DocFrequencies(DF_CACHE))
     seconds = result.seconds
+    limit = wh.memory_limit or CLUSTER_MEMORY  # DuckDB's, during the pass
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
         seconds["start"] += time.perf_counter() - started
         ahead: _Batch | None = None
@@ -392,11 +416,11 @@ def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -
             with wh.writer() as con:
                 t0 = time.perf_counter()
                 if ahead is None:
-                    ahead = _read_ahead(con, pool, batches[k], k, batch_of, window, policies)
+                    ahead = _read_ahead(con, pool, batches[k], k, batch_of, window, policies, limit)
                 batch, ahead = ahead, None
                 if k + 1 < len(batches):
                     ahead = _read_ahead(
-                        con, pool, batches[k + 1], k + 1, batch_of, window, policies
+                        con, pool, batches[k + 1], k + 1, batch_of, window, policies, limit
                     )
                 feats = batch.features.result()
                 seconds["features_wait"] += time.perf_counter() - t0

@@ -419,6 +419,31 @@ def test_articles_are_read_right_when_their_rowids_have_moved(tmp_path, make_con
     assert texts == {aid: truth[aid] for aid in wanted}
 
 
+def test_texts_that_do_not_fit_the_lean_read_are_read_under_the_pass_limit(
+    tmp_path, make_config, monkeypatch
+):
+    # A batch's texts are read under a small DuckDB memory limit, so that the blocks read are
+    # not kept; texts too big for it are read again under the pass's limit, which then holds.
+    import tasks.dedup
+    from tasks.db import Warehouse
+    from tasks.dedup import _pending, _read_rows, _read_rows_lean
+
+    folder = copy_examples(tmp_path / "in", ALL)
+    cfg = make_config([{"name": "in", "kind": "files", "path": str(folder)}])
+    ingest(config_path=str(cfg), cluster=False)
+    wh = Warehouse(tmp_path / "news.duckdb")
+    monkeypatch.setattr(tasks.dedup, "TEXT_READ_MEMORY", "256KB")  # not one block
+    with wh.writer() as con:
+        pending = _pending(con)
+        con.execute("SET memory_limit = '256KB'")
+        with pytest.raises(duckdb.OutOfMemoryException):
+            _read_rows(con, pending)  # what the lean read meets first
+        rows = _read_rows_lean(con, pending, "300MB")
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone() == ("286.1 MiB",)
+        truth = {r[0]: r for r in _read_rows(con, pending)}
+    assert len(rows) == len(ALL) and {r[0]: r for r in rows} == truth
+
+
 def test_the_term_cache_holds_a_bounded_number_of_terms_oldest_out():
     # The cache of recent articles' term frequencies is bounded by terms, not articles: a
     # count of articles let long pages hold several times as much.
