@@ -72,7 +72,7 @@ TEXT_READ_MEMORY = "64MB"
 """DuckDB's memory limit while a batch's texts are read (outside it, the pass's). They lie
 scattered over the table, and DuckDB kept every block it read: the text of every article,
 180 MB of a 20k-page warehouse after each batch's read (a clustering pass over it peaked at
-850 MB, now 540 MB)."""
+850 MB, now 535 MB)."""
 
 DF_CACHE = 300_000
 """Document frequencies kept in memory during a pass (terms)."""
