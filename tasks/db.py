@@ -719,16 +719,19 @@ def single_thread(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
 
 
 @contextmanager
-def capped_memory(con: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
-    """Hold DuckDB to ``limit`` (such as '512MB') for the block, then back to its default.
-    For long work made of small statements, which spill when they must: DuckDB otherwise
-    keeps the blocks it reads cached up to its limit (80 % of RAM). Only for a connection
-    opened without a limit of its own (``RESET`` returns to DuckDB's default)."""
+def capped_memory(
+    con: duckdb.DuckDBPyConnection, limit: str, restore: str | None = None
+) -> Iterator[None]:
+    """Hold DuckDB to ``limit`` (such as '512MB') for the block, then back to ``restore``, or
+    to its default. For long work made of small statements, which spill when they must: DuckDB
+    otherwise keeps the blocks it reads cached up to its limit (80 % of RAM). Without
+    ``restore``, only for a connection opened without a limit of its own (``RESET`` returns to
+    DuckDB's default)."""
     con.execute(f"SET memory_limit = '{limit}'")
     try:
         yield
     finally:
-        con.execute("RESET memory_limit")
+        con.execute(f"SET memory_limit = '{restore}'" if restore else "RESET memory_limit")
 
 
 def _first_per_key(tbl: pa.Table, keys: tuple[str, ...]) -> pa.Table:

@@ -43,7 +43,7 @@ from scipy.sparse import csgraph
 from config.settings import Settings
 from tasks.core import neardup, stories
 from tasks.core.features import Features, article_features
-from tasks.db import Warehouse, single_thread
+from tasks.db import Warehouse, capped_memory, single_thread
 
 MIN_NEAR_SHINGLES = 20
 """Texts with fewer shingles are too short to call near-duplicates (a headline, a teaser)."""
@@ -190,13 +190,10 @@ def _read_rows_lean(
     """:func:`_read_rows` under ``TEXT_READ_MEMORY``, then back to ``limit`` (the pass's);
     a batch whose texts do not fit is read again under ``limit``. Outside a transaction."""
     try:
-        con.execute(f"SET memory_limit = '{TEXT_READ_MEMORY}'")
-        return _read_rows(con, batch)
+        with capped_memory(con, TEXT_READ_MEMORY, restore=limit):
+            return _read_rows(con, batch)
     except duckdb.OutOfMemoryException:
-        pass
-    finally:
-        con.execute(f"SET memory_limit = '{limit}'")
-    return _read_rows(con, batch)
+        return _read_rows(con, batch)
 
 
 def _read_ahead(
