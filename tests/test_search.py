@@ -160,6 +160,37 @@ def test_articles_whose_rowids_moved_are_indexed_as_any(wh, tmp_path):
         assert search(wh, words) == search(clean, words) != []
 
 
+def test_the_small_row_groups_of_many_loads_are_merged_and_still_searched_alike(
+    wh, tmp_path, monkeypatch
+):
+    # Each load appends its rows as row groups of their own; a run's end merges them once
+    # enough loads have piled up (a scan then reads a few row groups, not one per load). The
+    # merge moves rowids: articles loaded before it and after it are searched alike.
+    def row_groups() -> int:
+        sql = "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('articles')"
+        return int(wh.query(sql)[1][0][0])
+
+    monkeypatch.setattr(tasks.db, "_MERGE_AFTER_WRITES", 8)  # 64: a load per test second
+    reports = [article(10 + k, f"Harbour report {k}", f"Tide table {k} at the harbour.")
+               for k in range(8)]  # fmt: skip
+    for row in reports:
+        load(wh, "run1", [row])
+    wh.refresh_search_index()
+    assert row_groups() == len(reports)
+    wh.start_run("run1", None, NOW)
+    wh.finish_run("run1", "completed", {}, [])
+    assert row_groups() == 1
+    later = [article(i, t, x) for i, (t, x) in enumerate(FIRST_RUN)]
+    load(wh, "run2", later)
+    wh.refresh_search_index()
+    clean = Warehouse(tmp_path / "clean.duckdb")
+    clean.migrate()
+    load(clean, "run1", reports + later)
+    clean.refresh_search_index()
+    for words in ("harbour tide", "tide 7", "tram minutes", "storm"):
+        assert search(wh, words, limit=100) == search(clean, words, limit=100) != []
+
+
 def test_during_a_run_articles_are_indexed_once_enough_have_been_loaded(wh):
     # A run indexes in a thread while later batches are extracted: a pass once ``every`` new
     # articles are loaded, not after each load (each pass has a fixed cost); the flow's last
