@@ -485,11 +485,17 @@ class Warehouse:
             except Exception:
                 con.execute("ROLLBACK")
                 raise
-        staged_ids = set(art_tbl.column("article_id").to_pylist())
-        article_dups = sum(1 for r in dup_rows if r["article_id"] in staged_ids)
+        # New articles that copy another (by canonical URL or text) count as duplicates only;
+        # an entry whose article another entry brought is a duplicate, its article no copy.
+        inserted = set(new_art.column("article_id").to_pylist())
+        copies = {
+            r["article_id"]
+            for r in dup_rows
+            if r["article_id"] in inserted and r["article_id"] != r["duplicate_of"]
+        }
         return LoadResult(
             new_entries=new_entries,
-            new_articles=new_articles - article_dups,
+            new_articles=new_articles - len(copies),
             duplicates=len(dup_rows),
             errors=len(errors),
         )
