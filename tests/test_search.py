@@ -170,7 +170,7 @@ def test_the_small_row_groups_of_many_loads_are_merged_and_still_searched_alike(
         sql = "SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('articles')"
         return int(wh.query(sql)[1][0][0])
 
-    monkeypatch.setattr(tasks.db, "_MERGE_AFTER_WRITES", 8)  # 64: a load per test second
+    monkeypatch.setattr(tasks.db, "_MERGE_AFTER_WRITES", 8)  # not 64: fewer loads to wait for
     reports = [article(10 + k, f"Harbour report {k}", f"Tide table {k} at the harbour.")
                for k in range(8)]  # fmt: skip
     for row in reports:
