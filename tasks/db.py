@@ -67,7 +67,8 @@ _DUCKDB_CONFIG: _Config = {
 # groups of their own and merges nothing ("vacuum"): merging rewrites the last, big row group
 # of `articles` (1.3 s CPU at 2.3 kB an article, every few batches), the load's largest cost.
 # The small row groups are merged by the checkpoints of :meth:`Warehouse.session`, which keep
-# DuckDB's vacuum: the clustering pass ends a session every few batches. A commit bigger than
+# DuckDB's vacuum (the clustering pass ends a session every few batches), and by a run's end
+# once enough writes have piled up; both under ``MERGE_MEMORY``. A commit bigger than
 # the checkpoint threshold checkpoints at once and skips the write-ahead log (written once).
 _WRITER_SETTINGS = "SET max_vacuum_tasks = 0; SET checkpoint_threshold = '4MB'"
 
