@@ -195,10 +195,16 @@ class Warehouse:
             with self._lock:
                 self._session = None
                 try:
-                    with self.capped(con, MERGE_MEMORY):
-                        con.execute("CHECKPOINT")  # merges row groups (DuckDB's vacuum)
+                    self._merge_row_groups(con)
                 finally:
                     con.close()
+
+    def _merge_row_groups(self, con: duckdb.DuckDBPyConnection) -> None:
+        """A checkpoint that merges the small row groups (DuckDB's vacuum, back on if the
+        writer's settings had turned it off), under ``MERGE_MEMORY``."""
+        con.execute("RESET max_vacuum_tasks")
+        with self.capped(con, MERGE_MEMORY):
+            con.execute("CHECKPOINT")
 
     def capped(self, con: duckdb.DuckDBPyConnection, limit: str) -> AbstractContextManager[None]:
         """A block of ``con``'s under DuckDB memory limit ``limit`` (see :func:`capped_memory`),
@@ -318,12 +324,8 @@ class Warehouse:
             if _count_write(con) >= _MERGE_AFTER_WRITES:
                 # Merge the small row groups of the operations before this one (once per so
                 # many writes, not at every one).
-                con.execute(
-                    "UPDATE writer_state SET value = 0 WHERE key = 'writes_since_merge'; "
-                    "RESET max_vacuum_tasks"
-                )
-                with self.capped(con, MERGE_MEMORY):
-                    con.execute("CHECKPOINT")
+                con.execute("UPDATE writer_state SET value = 0 WHERE key = 'writes_since_merge'")
+                self._merge_row_groups(con)
 
     def record_fetch(
         self,
