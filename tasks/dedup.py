@@ -42,7 +42,7 @@ from scipy.sparse import csgraph
 
 from config.settings import Settings
 from tasks.core import neardup, stories
-from tasks.core.features import Features, article_features
+from tasks.core.features import Features, article_features, lower_priority
 from tasks.db import Warehouse, capped_memory, single_thread
 
 MIN_NEAR_SHINGLES = 20
@@ -291,7 +291,7 @@ class _FeaturePool:
         if workers > 1:
             ctx = multiprocessing.get_context("spawn")
             self.pool = ProcessPoolExecutor(
-                max_workers=workers, mp_context=ctx, initializer=_lower_priority
+                max_workers=workers, mp_context=ctx, initializer=lower_priority
             )
 
     def submit(
@@ -322,14 +322,6 @@ class _FeaturePool:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _lower_priority() -> None:
-    """Feature workers yield to the writer. It is the run's critical path: with two workers
-    on two cores at equal priority it got two thirds of a core while they ran, and they then
-    sat idle a batch ahead (100k articles: 57 s at equal priority, 50 s so)."""
-    if hasattr(os, "nice"):
-        os.nice(10)
 
 
 @contextmanager
