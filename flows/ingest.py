@@ -30,7 +30,7 @@ from config.settings import load_config
 from tasks.db import Warehouse
 from tasks.extract import ExtractOptions, Extractor
 from tasks.fetch import Fetcher
-from tasks.pipeline import RunContext, SourceOutcome, cluster_stories, ingest_source
+from tasks.pipeline import RunContext, SourceOutcome, cluster_stories, ingest_source, unwalked
 
 
 @dataclass
@@ -261,7 +261,8 @@ def ingest(
             with runner:
                 futures = [
                     runner.submit(
-                        ingest_source, {"source": s, "ctx": ctx, "only": paths, "force": force}
+                        ingest_source,
+                        {"source": s, "ctx": unwalked(ctx), "only": paths, "force": force},
                     )
                     for s in sources
                 ]
@@ -287,7 +288,7 @@ def ingest(
     # Clustering and the search index also catch up on what an interrupted run loaded.
     summary.seconds["search_index_during_sources"] = indexer.seconds
     if cluster:
-        dedup = cluster_stories(settings, wh)
+        dedup = cluster_stories(unwalked(settings), wh)
         summary.near_duplicates = dedup.near_duplicates
         summary.stories_touched = dedup.stories_touched
     phases.end("dedup")

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.runtime import task_run
+from prefect.utilities.annotations import quote
 
 from config.settings import Settings, Source
 from tasks.core.entries import (
@@ -44,6 +45,9 @@ _FEED_ACCEPT = (
     "application/rss+xml, application/atom+xml, application/feed+json, "
     "application/xml;q=0.9, text/xml;q=0.9, application/json;q=0.8, */*;q=0.5"
 )
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -158,6 +162,14 @@ def fetch_feed(source: Source, ctx: RunContext, state: dict[str, Any]) -> FeedLi
 # a task run nested in ``source-<name>`` stays a child of that task's transaction (its
 # rollback hook holds the engine, which holds the parameters) until ``source-<name>`` ends.
 # So the caller empties every list it hands to a task once it has used it (``_release``).
+# And it hands them over ``unwalked``: Prefect otherwise walks every parameter, field by field,
+# for futures to wait on; that took 55 ms of CPU per task run for a batch of 200 articles.
+
+
+def unwalked(value: T) -> T:
+    """``value`` as a task's parameter that Prefect does not walk (``quote``); the task gets
+    ``value`` itself."""
+    return cast(T, quote(value))
 
 
 def _release(*handed: list[Any]) -> None:
@@ -287,7 +299,7 @@ def prepare_batch(
             if stream is not None and isinstance(res, HttpResult) and _not_html(res) is None:
                 stream.add(to_fetch[i].entry_key, res.body, to_fetch[i].url)
 
-        fetch_pages(source, ctx, urls, results, on_page)
+        fetch_pages(source, unwalked(ctx), unwalked(urls), unwalked(results), on_page)
         for c, res in zip(to_fetch, results, strict=True):
             item = c.url or c.entry_key
             if isinstance(res, FetchError):
@@ -330,7 +342,7 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     if b.extraction is not None:
         t0 = time.perf_counter()
         results_x: list[Extracted] = []
-        extract_pages(source, ctx, b.extraction, results_x)
+        extract_pages(source, unwalked(ctx), b.extraction, unwalked(results_x))
         out.timed("extract", t0)
         extracted = {c.entry_key: x for c, x in zip(b.jobs, results_x, strict=True)}
         _release(results_x)
@@ -366,7 +378,9 @@ def finish_batch(source: Source, ctx: RunContext, b: _Batch, out: SourceOutcome)
     # retries them.
     linked = [(c, aid) for c, aid in b.linked if aid in b.existing or aid in built]
     t0 = time.perf_counter()
-    n_new, n_dup, n_err = load_batch(source, ctx, linked, articles, errors)
+    n_new, n_dup, n_err = load_batch(
+        source, unwalked(ctx), unwalked(linked), unwalked(articles), unwalked(errors)
+    )
     _release(linked, articles, errors)
     out.timed("load", t0)
     if ctx.on_loaded is not None and n_new:
@@ -473,7 +487,7 @@ def ingest_source(
                 retry_condition_fn=_retry_transient,
             )
             t_fetch = time.perf_counter()
-            listing = fetch(source, ctx, state)
+            listing = fetch(source, unwalked(ctx), state)
             out.timed("fetch", t_fetch)
             out.http_status = listing.result.status
             out.nbytes = len(listing.result.body)
