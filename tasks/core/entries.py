@@ -161,8 +161,11 @@ def candidate_from_record(source: str, record: object, *, location: str) -> Cand
 
 
 def provisional_article_id(c: Candidate) -> str:
-    """The article id an entry maps to before any page is fetched."""
-    return article_id_for(c.canonical_url, content_hash(c.fallback_text or c.html or c.entry_key))
+    """The article id an entry maps to before any page is fetched. Its content is hashed only
+    when it has no canonical URL: with one, the id does not depend on it, and a feed's full
+    text was hashed for nothing twice (when the batch is planned and when it is built)."""
+    content = "" if c.canonical_url else content_hash(c.fallback_text or c.html or c.entry_key)
+    return article_id_for(c.canonical_url, content)
 
 
 def build_article(
@@ -210,9 +213,7 @@ def build_article(
     tags = tuple(dict.fromkeys((*c.tags, *(meta.tags if meta else ()))))
     chash = content_hash(text)
     return Article(
-        article_id=article_id_for(
-            c.canonical_url, content_hash(c.fallback_text or c.html or c.entry_key)
-        ),
+        article_id=provisional_article_id(c),
         source=c.source,
         entry_key=c.entry_key,
         url=c.url,
