@@ -127,10 +127,10 @@ class _Indexer:
     A pass (``refresh_search_index``: the articles not yet indexed) runs once ``every`` new
     articles have been loaded since the last one (``loaded``). ``last_pass`` asks for one more
     pass, for what the last loads left: clustering calls it once its workers are computing the
-    first batch's features, when the writer is free (run after clustering, that pass took 0.8
-    to 1.0 s of a 2,000-page run). ``finish`` waits for the pass under way (and the last one,
-    if asked for) and stops. The flow's own pass then catches up on whatever a failed
-    background pass left (the failure is logged).
+    first batch's features, when the writer is free (at 2,000 pages that pass took 0.8-1.0 s
+    after clustering before). ``finish`` waits for the pass under way (and the last one, if
+    asked for) and stops. The flow's own pass then catches up on whatever a failed background
+    pass left (the failure is logged).
 
     Not a pass per load: each has a cost of its own, taken from the extraction workers when
     they have every core (at 2,000 pages, a pass after each load took 7.9 s in all), and a
