@@ -445,10 +445,6 @@ def main() -> None:
             "search_index_during_load": round(
                 s["seconds"].get("search_index_during_sources", 0.0), 2
             ),
-            # its last pass, in that thread while clustering's workers computed features
-            "search_index_beside_dedup": round(
-                s["seconds"].get("search_index_beside_dedup", 0.0), 2
-            ),
         },
         "requests": page_hits_cold,
         "new_articles": s["new_articles"],

@@ -45,8 +45,7 @@ class RunSummary:
     near_duplicates: int = 0
     stories_touched: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall seconds: sources (all, concurrently), dedup, search_index, flow (all); and the
-    search index's passes in its thread: during the sources and beside dedup."""
+    """Wall seconds: sources (all, concurrently), dedup, search_index, flow (all)."""
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     """CPU seconds (user + system) per phase: the flow's own process (``*_parent``) and the
     worker processes it started and ended in that phase (``*_workers``: extraction, features)."""
@@ -125,12 +124,9 @@ class _Indexer:
     fetched and extracted, so that little indexing is left for after the last load.
 
     A pass (``refresh_search_index``: the articles not yet indexed) runs once ``every`` new
-    articles have been loaded since the last one (``loaded``). ``last_pass`` asks for one more
-    pass, for what the last loads left: clustering calls it once its workers are computing the
-    first batch's features, when the writer is free (at 2,000 pages that pass took 0.8-1.0 s
-    after clustering before). ``finish`` waits for the pass under way (and the last one, if
-    asked for) and stops. The flow's own pass then catches up on whatever a failed background
-    pass left (the failure is logged).
+    articles have been loaded since the last one (``loaded``); ``finish`` waits for the pass
+    under way and stops. The flow's own pass then indexes the rest, as before, and catches up
+    on whatever a failed background pass left (the failure is logged).
 
     Not a pass per load: each has a cost of its own, taken from the extraction workers when
     they have every core (at 2,000 pages, a pass after each load took 7.9 s in all), and a
@@ -150,7 +146,6 @@ class _Indexer:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._done = False
-        self._last = False
         self._thread = threading.Thread(target=self._run, name="search-index", daemon=True)
         self._thread.start()
 
@@ -162,11 +157,6 @@ class _Indexer:
             self._loaded = 0
         self._wake.set()
 
-    def last_pass(self) -> None:
-        """One more pass, begun after this call, then stop."""
-        self._last = True
-        self._wake.set()
-
     def finish(self) -> None:
         self._done = True
         self._wake.set()
@@ -176,8 +166,7 @@ class _Indexer:
         while True:
             self._wake.wait()
             self._wake.clear()
-            last = self._last  # read before the pass: one asked for during a pass comes after it
-            if self._done and not last:
+            if self._done:
                 return
             t0 = time.perf_counter()
             try:
@@ -189,8 +178,6 @@ class _Indexer:
                 return
             finally:
                 self.seconds += time.perf_counter() - t0
-            if last:
-                return
 
 
 def _run_name() -> str:
@@ -286,11 +273,9 @@ def ingest(
                     else:
                         err = fut.state.message or "crashed"
                         summary.outcomes.append(SourceOutcome(s.name, status="error", error=err))
-    except BaseException:
-        indexer.finish()
-        raise
     finally:
         extractor.close()
+        indexer.finish()
     for o in summary.outcomes:
         summary.sources += 1
         summary.entries += o.entries
@@ -301,17 +286,12 @@ def ingest(
             summary.failed_sources.append(o.source)
     phases.end("sources")
     # Clustering and the search index also catch up on what an interrupted run loaded.
-    summary.seconds["search_index_during_sources"] = during_sources = indexer.seconds
-    try:
-        if cluster:
-            dedup = cluster_stories(unwalked(settings), wh, indexer.last_pass)
-            summary.near_duplicates = dedup.near_duplicates
-            summary.stories_touched = dedup.stories_touched
-        phases.end("dedup")
-        indexer.last_pass()  # if clustering had nothing to do
-    finally:
-        indexer.finish()
-    summary.seconds["search_index_beside_dedup"] = indexer.seconds - during_sources
+    summary.seconds["search_index_during_sources"] = indexer.seconds
+    if cluster:
+        dedup = cluster_stories(unwalked(settings), wh)
+        summary.near_duplicates = dedup.near_duplicates
+        summary.stories_touched = dedup.stories_touched
+    phases.end("dedup")
     if summary.new_articles or summary.duplicates or wh.search_index_stale():
         wh.refresh_search_index()
     phases.end("search_index")

@@ -367,23 +367,13 @@ class _PassCache:
     dfs: _DocFrequencies
 
 
-def cluster_pending(
-    wh: Warehouse,
-    settings: Settings,
-    batch_size: int = 2000,
-    *,
-    meanwhile: Callable[[], object] | None = None,
-) -> DedupResult:
+def cluster_pending(wh: Warehouse, settings: Settings, batch_size: int = 2000) -> DedupResult:
     """Near-duplicate and story-cluster every article not yet clustered.
 
     Batches of ``batch_size`` articles, oldest first, each in one transaction: an interrupted
     run keeps the batches it finished. ``SESSION_BATCHES`` batches share one writer connection
     (no checkpoint between them). With ``POOL_FROM`` or more pending articles, the next batch's
     features are computed in worker processes while the writer stores this one.
-
-    ``meanwhile`` is called once the first batch is read and its features are under way: the
-    writer is free until the pass opens its session, so another thread's write (the flow's
-    last search-index pass) can use the time the workers take.
     """
     result = DedupResult()
     started = time.perf_counter()
@@ -400,13 +390,6 @@ def cluster_pending(
     with _feature_pool(len(pending), settings) as pool, ExitStack() as session:
         seconds["start"] += time.perf_counter() - started
         ahead: _Batch | None = None
-        if batches:  # read before the session, so the writer is free while the workers work
-            t0 = time.perf_counter()
-            with wh.writer() as con:
-                ahead = _read_ahead(con, pool, batches[0], 0, batch_of, window, policies, limit)
-            seconds["features_wait"] += time.perf_counter() - t0
-            if meanwhile is not None:
-                meanwhile()
         for k in range(len(batches)):
             if k % SESSION_BATCHES == 0:  # one connection for a few batches, then readers' turn
                 t0 = time.perf_counter()
@@ -421,8 +404,9 @@ def cluster_pending(
                     session.enter_context(wh.capped(con, CLUSTER_MEMORY))
             with wh.writer() as con:
                 t0 = time.perf_counter()
+                if ahead is None:
+                    ahead = _read_ahead(con, pool, batches[k], k, batch_of, window, policies, limit)
                 batch, ahead = ahead, None
-                assert batch is not None  # read ahead: before the loop, or by the turn before
                 if k + 1 < len(batches):
                     ahead = _read_ahead(
                         con, pool, batches[k + 1], k + 1, batch_of, window, policies, limit

@@ -224,13 +224,10 @@ def load_batch(
 
 
 @task(name="cluster-stories", task_run_name="cluster-stories", cache_policy=NO_CACHE)
-def cluster_stories(
-    settings: Settings, wh: Warehouse, meanwhile: Callable[[], object] | None = None
-) -> DedupResult:
-    """Near-duplicates and story clusters for every article not yet clustered (``meanwhile``:
-    see :func:`tasks.dedup.cluster_pending`)."""
+def cluster_stories(settings: Settings, wh: Warehouse) -> DedupResult:
+    """Near-duplicates and story clusters for every article not yet clustered."""
     logger = get_run_logger()
-    r = cluster_pending(wh, settings, meanwhile=meanwhile)
+    r = cluster_pending(wh, settings)
     logger.info(
         "clustered articles=%d near_duplicates=%d stories_touched=%d seconds=%s",
         r.articles, r.near_duplicates, r.stories_touched,
