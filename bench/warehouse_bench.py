@@ -4,7 +4,9 @@
     .venv/bin/python bench/warehouse_bench.py query [--articles 1000000] [--keep P | --reuse P]
 
 ``load`` fills a fresh warehouse with ``--existing`` synthetic articles through the real load
-path (``Warehouse.load_batch``), then times loading new batches into it: articles/s.
+path (``Warehouse.load_batch``), then times loading new batches into it: articles/s. Beside
+it, the same batches appended with nothing checked (DuckDB's insert and commit alone): the
+floor under the load on this machine.
 ``query`` builds a synthetic warehouse of ``--articles`` articles with stories (SQL-generated,
 written straight into the tables), builds the full-text index, and times the three queries
 people run most: stories of the last 24 h (as ``newsflow stories``), a full-text search (as
@@ -30,7 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 from tasks.core.models import Article, Candidate  # noqa: E402
 from tasks.core.text import content_hash  # noqa: E402
-from tasks.db import Warehouse, search_sql  # noqa: E402
+from tasks.db import (  # noqa: E402
+    Warehouse,
+    _articles_table,
+    _entries_table,
+    search_sql,
+    single_thread,
+)
 
 WORDS = [
     "council", "harbour", "tram", "minister", "storm", "budget", "river", "school", "election",
@@ -97,6 +105,12 @@ def bench_load(existing: int, batch: int, rounds: int) -> dict[str, object]:
                 linked = [(c, a.article_id) for c, a in rows]
                 wh.load_batch("bench", linked, [a for _, a in rows], [])
         session_rate = rounds * batch / (time.perf_counter() - t)
+        next_id += rounds * batch
+        floor_rates = []
+        for _ in range(rounds):
+            rows = [synthetic(i, rng, now) for i in range(next_id, next_id + batch)]
+            next_id += batch
+            floor_rates.append(batch / _append_unchecked(wh, rows, now))
     return {
         "existing_articles": existing,
         "batch": batch,
@@ -105,7 +119,25 @@ def bench_load(existing: int, batch: int, rounds: int) -> dict[str, object]:
         "load_articles_per_s_each": [round(r) for r in rates],
         "rerun_same_batch_articles_per_s": round(rerun_rate),
         "session_bulk_load_articles_per_s": round(session_rate),
+        "unchecked_append_articles_per_s_median": round(statistics.median(floor_rates)),
     }
+
+
+def _append_unchecked(wh: Warehouse, rows: list[tuple[Candidate, Article]], now: datetime) -> float:
+    """Seconds to append a batch as the load does, minus everything it checks: the Arrow
+    tables are built beforehand, and the rows go in with no lookup and no duplicate links (one
+    transaction, on the load's connection settings). What DuckDB alone costs here."""
+    articles = _articles_table([a for _, a in rows], "bench")
+    entries = _entries_table([(c, a.article_id) for c, a in rows], now, "bench")
+    t = time.perf_counter()
+    with wh.writer() as con, single_thread(con):
+        con.execute("BEGIN")
+        con.register("staged_articles", articles)
+        con.register("staged_entries", entries)
+        con.execute("INSERT INTO articles BY NAME SELECT * FROM staged_articles")
+        con.execute("INSERT INTO entries BY NAME SELECT * FROM staged_entries")
+        con.execute("COMMIT")
+    return time.perf_counter() - t
 
 
 # A vocabulary of 17,576 three-letter words drawn with a Zipf-like skew (``h``: a hash).
