@@ -1066,8 +1066,10 @@ def search_sql(words: str, limit: int, source: str | None = None) -> tuple[str, 
     return sql, params
 
 
-# Articles tokenized per transaction by ``refresh_search_index`` (bounds its memory): at
-# most _INDEX_CHUNK, and about _INDEX_CHUNK_CHARS characters of text.
+# Articles tokenized per transaction by ``refresh_search_index`` (bounds its memory): about
+# _INDEX_CHUNK_CHARS characters of text and _INDEX_CHUNK articles at most (a last chunk
+# smaller than half of that joins the one before); _INDEX_CHUNK_FALLBACK when their lengths
+# cannot be read.
 _INDEX_CHUNK = 100_000
 _INDEX_CHUNK_CHARS = 8_000_000
 _INDEX_CHUNK_FALLBACK = 1_000
@@ -1190,7 +1192,7 @@ def _index_chunk(con: duckdb.DuckDBPyConnection, lo: int, hi: int, *, run_of_own
 def _chunk_docs(con: duckdb.DuckDBPyConnection, lo: int) -> int:
     """How many articles of ``search_new``, from docid ``lo``, to tokenize in one transaction:
     about ``_INDEX_CHUNK_CHARS`` characters, by the mean length of the next 256 (read by rowid,
-    a narrow range), and ``_INDEX_CHUNK`` at most.
+    a narrow range), and ``_INDEX_CHUNK`` articles at most.
 
     Counting articles alone bounded nothing under ``INDEX_MEMORY``: 20k real pages (170 MB of
     text) in one chunk ran out of memory on one DuckDB thread (as on a one-core machine), and
