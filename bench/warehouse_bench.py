@@ -34,6 +34,7 @@ from tasks.core.models import Article, Candidate  # noqa: E402
 from tasks.core.text import content_hash  # noqa: E402
 from tasks.db import (  # noqa: E402
     Warehouse,
+    _append,
     _articles_table,
     _entries_table,
     search_sql,
@@ -132,10 +133,8 @@ def _append_unchecked(wh: Warehouse, rows: list[tuple[Candidate, Article]], now:
     t = time.perf_counter()
     with wh.writer() as con, single_thread(con):
         con.execute("BEGIN")
-        con.register("staged_articles", articles)
-        con.register("staged_entries", entries)
-        con.execute("INSERT INTO articles BY NAME SELECT * FROM staged_articles")
-        con.execute("INSERT INTO entries BY NAME SELECT * FROM staged_entries")
+        _append(con, "articles", articles)
+        _append(con, "entries", entries)
         con.execute("COMMIT")
     return time.perf_counter() - t
 
