@@ -75,11 +75,14 @@ class FetchSettings(_Strict):
     fetch_pages: bool = True
     """Fetch each new entry's article page (a source may override)."""
     retries: int = Field(default=2, ge=0, le=10)
-    """Retries of a feed fetch after a transient error (timeout, 429, 5xx)."""
+    """Retries of a feed fetch after a transient error (timeout, 429, 5xx), and of a page
+    after its host answered 429 or 503 (once the host's pause is over)."""
     retry_backoff: PositiveFloat = 2.0
-    """First retry delay; doubles each retry, unless the server sends Retry-After."""
+    """First retry delay; doubles each retry, unless the server sends Retry-After. Also the
+    first pause of a host that answers 429 or 503 with no Retry-After."""
     max_retry_after: PositiveFloat = 120.0
-    """Longest Retry-After honoured inside one run; longer ones fail the fetch."""
+    """Longest Retry-After honoured inside one run; longer ones fail the fetch, and the rest of
+    that host's requests in the run."""
     failure_backoff: PositiveFloat = 300.0
     """After a failed fetch, wait this long before the next one; doubles per failure in a row."""
     failure_backoff_max: PositiveFloat = 86400.0

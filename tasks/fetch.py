@@ -4,6 +4,12 @@
 private event-loop thread, so that plain threads (Prefect's task runner) can share it and the
 global and per-host concurrency bounds hold across every source of a run.
 
+Politeness per host: at most ``per_host`` requests in flight to one host, and a host that
+answers 429 or 503 gets no new request until the pause it asked for (``Retry-After``, else a
+backoff doubling with each such answer in a row) is over; pages it refused are asked again
+after it, up to ``retries`` times. A pause longer than ``max_retry_after`` fails the host's
+remaining requests of the run at once, recorded, rather than holding the run.
+
 Every response is bounded: a connect/read timeout, a total deadline (a server trickling bytes
 is cut off), a redirect limit (redirects are followed here, hop by hop) and a size cap counted on
 the *decoded* body while it streams, so a gzip bomb stops at the cap. Conditional GET: the
@@ -34,6 +40,8 @@ T = TypeVar("T")
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+_SLOW_DOWN = {429, 503}
+"""Answers that ask the client to slow down: the host is paused (see :class:`Fetcher`)."""
 
 
 def read_file_url(url: str, source: str, max_bytes: int) -> HttpResult:
@@ -69,6 +77,10 @@ class Fetcher:
         self._hosts: dict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(settings.per_host)
         )
+        self._paused_until: dict[str, float] = {}
+        """Host -> the event-loop time before which it gets no new request."""
+        self._strikes: dict[str, int] = {}
+        """Host -> its slow-down answers in a row (429 or 503), for the backoff."""
 
     async def _make_client(self) -> httpx.AsyncClient:
         s = self.settings
@@ -135,10 +147,20 @@ class Fetcher:
 
         async def one(i: int, u: str) -> HttpResult | FetchError:
             res: HttpResult | FetchError
-            try:
-                res = await self._get(u, source, None, None, None)
-            except FetchError as exc:
-                res = exc
+            for attempt in range(self.settings.retries + 1):
+                try:
+                    res = await self._get(u, source, None, None, None)
+                    break
+                except FetchError as exc:
+                    res = exc
+                    # A host that asked to slow down is paused now: ask again after the
+                    # pause, unless it is longer than the run waits.
+                    if (
+                        exc.status not in _SLOW_DOWN
+                        or attempt == self.settings.retries
+                        or (exc.retry_after or 0.0) > self.settings.max_retry_after
+                    ):
+                        break
             if on_result is not None:
                 on_result(i, res)
             return res
@@ -158,16 +180,54 @@ class Fetcher:
         accept: str | None,
     ) -> HttpResult:
         host = urlsplit(url).netloc
-        async with self._global, self._hosts[host]:
-            try:
-                async with asyncio.timeout(self.settings.deadline):
-                    return await self._follow(url, source, etag, last_modified, accept)
-            except TimeoutError as exc:
-                raise FetchError(
-                    source,
-                    f"{url}: no complete response within the {self.settings.deadline:g}s deadline",
-                    transient=True,
-                ) from exc
+        # The host's slot first: a request waiting out its host's pause holds no global one.
+        async with self._hosts[host]:
+            await self._host_ready(host, url, source)
+            async with self._global:
+                try:
+                    async with asyncio.timeout(self.settings.deadline):
+                        result = await self._follow(url, source, etag, last_modified, accept)
+                except TimeoutError as exc:
+                    raise FetchError(
+                        source,
+                        f"{url}: no complete response within the "
+                        f"{self.settings.deadline:g}s deadline",
+                        transient=True,
+                    ) from exc
+                except FetchError as exc:
+                    if exc.status in _SLOW_DOWN:
+                        self._slow_down(host, exc.retry_after)
+                    raise
+        self._strikes.pop(host, None)
+        return result
+
+    async def _host_ready(self, host: str, url: str, source: str) -> None:
+        """Wait out ``host``'s pause; one longer than ``max_retry_after`` fails at once."""
+        wait = self._paused_until.get(host, 0.0) - self._loop.time()
+        if wait <= 0:
+            return
+        if wait > self.settings.max_retry_after:
+            raise FetchError(
+                source,
+                f"{url}: not requested: {host} asked for a pause of {wait:.0f}s, longer than "
+                "fetch.max_retry_after",
+                transient=True,
+                retry_after=wait,
+                reason="host_paused",
+            )
+        await asyncio.sleep(wait)
+
+    def _slow_down(self, host: str, retry_after: float | None) -> None:
+        """Pause ``host`` after a 429 or 503: for its ``Retry-After``, else for a backoff that
+        doubles with each such answer in a row (answers to requests sent before the pause
+        began count once)."""
+        now = self._loop.time()
+        until = self._paused_until.get(host, 0.0)
+        if until <= now:
+            self._strikes[host] = self._strikes.get(host, 0) + 1
+        if retry_after is None:
+            retry_after = self.settings.retry_backoff * 2 ** (self._strikes[host] - 1)
+        self._paused_until[host] = max(until, now + retry_after)
 
     async def _follow(
         self,

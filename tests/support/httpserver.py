@@ -1,6 +1,8 @@
 """A small real HTTP server for tests.
 
-Runs ``http.server.ThreadingHTTPServer`` on 127.0.0.1 (ephemeral port) in a daemon thread.
+Runs ``http.server.ThreadingHTTPServer`` on 127.0.0.1 (or another loopback address: the whole
+of 127.0.0.0/8 is loopback, so several servers make several hosts), ephemeral port, in a
+daemon thread.
 Routes are registered per path (query string ignored) and can simulate status codes, gzip,
 ETag / Last-Modified conditional requests, redirects, slow responses and trickled bodies.
 No third-party mocking libraries are involved: clients talk real HTTP over a socket.
@@ -93,6 +95,8 @@ class RecordedRequest:
     path: str  # full request target including query string, e.g. "/feed.xml?x=1"
     headers: CaseInsensitiveDict
     time: float  # time.monotonic() when the request line was received
+    client: tuple[str, int] = ("", 0)  # the connection's peer address: one per connection
+    ended: float | None = None  # time.monotonic() when the answer was sent (None: not yet)
 
     @property
     def route_path(self) -> str:
@@ -143,17 +147,17 @@ class TestServer:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self._lock = threading.RLock()
         self._routes: dict[str, Route | _Sequence] = {}
         self._mounts: list[_DirMount] = []
         self.requests: list[RecordedRequest] = []
         self._conns: set[socket.socket] = set()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
+        self._httpd = ThreadingHTTPServer((host, 0), self._make_handler())
         self._httpd.handle_error = _quiet_handle_error  # type: ignore[method-assign]
         self._httpd.daemon_threads = True
-        host, port = self._httpd.server_address[:2]
-        self.host = str(host)
+        bound, port = self._httpd.server_address[:2]
+        self.host = str(bound)
         self.port = int(port)
         self.base_url = f"http://{self.host}:{self.port}"
         self._thread = threading.Thread(
@@ -284,10 +288,15 @@ class TestServer:
             ctype = _SUFFIX_TYPES.get(suffix) or mimetypes.guess_type(target.name)[0] or ctype
         return Route(body=data, content_type=ctype)
 
-    def _record(self, handler: BaseHTTPRequestHandler, started: float) -> None:
+    def _record(self, handler: BaseHTTPRequestHandler, started: float) -> RecordedRequest:
         headers = CaseInsensitiveDict({k: v for k, v in handler.headers.items()})
+        peer = handler.client_address
+        rec = RecordedRequest(
+            handler.command, handler.path, headers, started, (str(peer[0]), int(peer[1]))
+        )
         with self._lock:
-            self.requests.append(RecordedRequest(handler.command, handler.path, headers, started))
+            self.requests.append(rec)
+        return rec
 
     def _make_handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -317,7 +326,7 @@ class TestServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 if length:
                     self.rfile.read(length)
-                server._record(self, started)
+                rec = server._record(self, started)
                 route = server._resolve(self.path)
                 try:
                     if route is None:
@@ -326,6 +335,8 @@ class TestServer:
                     self._answer(route)
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
+                finally:
+                    rec.ended = time.monotonic()
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
