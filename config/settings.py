@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
@@ -95,6 +96,18 @@ class FetchSettings(_Strict):
     """Host names exempt from the address guard (hosts of configured feed URLs always are)."""
     allow_networks: list[str] = []
     """Networks exempt from the address guard, e.g. ``["10.1.2.0/24"]``."""
+    ca_file: Path | None = None
+    """A PEM file of certificates to trust for HTTPS besides the usual ones (a private CA)."""
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_file(cls, v: Path | None) -> Path | None:
+        if v is not None:
+            try:
+                ssl.create_default_context(cafile=str(v))
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"{v}: not a readable PEM file of certificates: {exc}") from None
+        return v
 
     @field_validator("allow_networks")
     @classmethod

@@ -19,6 +19,7 @@ caller passes the stored ETag/Last-Modified and gets ``not_modified`` on 304.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Coroutine, Iterable
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import unquote, urljoin, urlsplit
 
+import certifi
 import httpx
 
 from config.settings import FetchSettings
@@ -37,11 +39,22 @@ from tasks.core.politeness import retry_after_seconds
 from tasks.guard import AddressPolicy, BlockedAddressError, GuardedBackend, ResolveError
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 
 _REDIRECTS = {301, 302, 303, 307, 308}
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 _SLOW_DOWN = {429, 503}
 """Answers that ask the client to slow down: the host is paused (see :class:`Fetcher`)."""
+
+
+def _cause(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of type ``kind`` in ``exc``'s chain of causes, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def read_file_url(url: str, source: str, max_bytes: int) -> HttpResult:
@@ -87,7 +100,11 @@ class Fetcher:
         limits = httpx.Limits(
             max_connections=s.concurrency, max_keepalive_connections=s.concurrency
         )
-        transport = httpx.AsyncHTTPTransport(http2=True, limits=limits)
+        verify: ssl.SSLContext | bool = True
+        if s.ca_file is not None:
+            verify = ssl.create_default_context(cafile=certifi.where())
+            verify.load_verify_locations(cafile=str(s.ca_file))
+        transport = httpx.AsyncHTTPTransport(http2=True, limits=limits, verify=verify)
         # The address guard sits where connections are made: every hop, the checked address.
         pool = transport._pool
         pool._network_backend = GuardedBackend(self.policy, pool._network_backend)
@@ -285,6 +302,18 @@ class Fetcher:
             ) from exc
         except httpx.DecodingError as exc:
             raise FetchError(source, f"{url}: cannot decode the body: {exc}") from exc
+        except httpx.ConnectError as exc:
+            # A certificate that does not verify is the site's or the config's to fix: no retry.
+            cert = _cause(exc, ssl.SSLCertVerificationError)
+            if cert is None:
+                raise FetchError(
+                    source, f"{url}: ConnectError: {exc or 'connection failed'}", transient=True
+                ) from exc
+            raise FetchError(
+                source,
+                f"{url}: TLS certificate not trusted: {cert.verify_message} (see fetch.ca_file)",
+                reason="tls_error",
+            ) from exc
         except httpx.HTTPError as exc:
             raise FetchError(
                 source, f"{url}: {type(exc).__name__}: {exc or 'connection failed'}", transient=True

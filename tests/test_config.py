@@ -61,6 +61,10 @@ def test_defaults_are_sensible():
         ("not toml = = 1", "cfg.toml: not valid TOML"),
         ("[warehouse]\nmemory_limit = 'lots'\n",
          "cfg.toml: warehouse.memory_limit: 'lots' is not a size such as '512MB'"),
+        ("[fetch]\nca_file = 'no/such/ca.pem'\n",
+         "cfg.toml: fetch.ca_file: no/such/ca.pem: not a readable PEM file of certificates"),
+        ("[fetch]\nca_file = 'README.md'\n",
+         "cfg.toml: fetch.ca_file: README.md: not a readable PEM file of certificates"),
     ],
 )  # fmt: skip
 def test_errors_name_file_key_and_problem(text, message):

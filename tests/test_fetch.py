@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 import pytest
 
 from flows.ingest import ingest
+from tests.support.h2server import H2Server
 from tests.support.httpserver import RecordedRequest, Route, TestServer
 from tests.test_flow import RSS, rss
 
@@ -169,3 +170,44 @@ def test_a_pause_longer_than_max_retry_after_skips_the_hosts_pages_with_a_record
     # Nothing is lost: every entry is an article, from its feed summary.
     assert db("SELECT count(*) FROM articles WHERE text_origin = 'feed_summary'") == [(4,)]
     assert db("SELECT status FROM runs") == [("completed",)]
+
+
+@pytest.mark.parametrize("offers_h2", [True, False])
+def test_https_pages_go_over_http2_where_the_server_offers_it(tmp_path, make_config, db, offers_h2):
+    routes = {f"/p{n}.html": ("text/html; charset=utf-8", article_page(n)) for n in range(6)}
+    with H2Server(tmp_path, routes, h2=offers_h2) as server:
+        links = [server.url(path) for path in routes]
+        items = [
+            {"title": f"Item {k}", "guid": f"g{k}", "link": link, "description": f"Summary {k}."}
+            for k, link in enumerate(links)
+        ]
+        routes["/feed.xml"] = (RSS, rss(items))
+        cfg = make_config(
+            [{"name": "tls", "kind": "feed", "url": server.url("/feed.xml")}],
+            fetch={"ca_file": str(server.ca_file), "per_host": 4},
+        )
+
+        ingest(config_path=str(cfg))
+
+    assert len(server.requests) == 7
+    if offers_h2:
+        # Every request over HTTP/2, multiplexed on one connection.
+        assert {(r.protocol, r.connection) for r in server.requests} == {("h2", 1)}
+    else:
+        assert {r.protocol for r in server.requests} == {"http/1.1"}
+    assert db("SELECT count(*) FROM articles WHERE text_origin = 'page'") == [(6,)]
+
+
+def test_https_to_a_server_whose_certificate_is_not_trusted_fails_the_source(
+    tmp_path, make_config, db
+):
+    with H2Server(tmp_path, {"/feed.xml": (RSS, rss([]))}) as server:
+        cfg = make_config([{"name": "tls", "kind": "feed", "url": server.url("/feed.xml")}])
+
+        ingest(config_path=str(cfg))
+
+    assert server.requests == []
+    ((status, error),) = db("SELECT status, error FROM fetches")
+    assert status == "error"
+    assert "TLS certificate not trusted: unable to get local issuer certificate" in error
+    assert server.connections == 1  # not a passing fault: tried once, not retried
