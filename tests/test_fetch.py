@@ -125,7 +125,7 @@ def test_a_host_that_answers_429_is_paused_then_its_page_is_asked_again(
         "/p2.html",
         [Route(status=429, headers={"Retry-After": "1"}), Route(body=article_page(2))],
     )
-    links += serve_pages(other, 10, 3, delay=0.2)
+    links += serve_pages(other, 10, 3, delay=0.1)
     cfg = make_config(
         [{"name": "f", "kind": "feed", "url": feed_of(http_server, links)}],
         fetch={"per_host": 1, "allow_networks": ["127.0.0.0/8"]},
