@@ -302,19 +302,15 @@ class Fetcher:
             ) from exc
         except httpx.DecodingError as exc:
             raise FetchError(source, f"{url}: cannot decode the body: {exc}") from exc
-        except httpx.ConnectError as exc:
-            # A certificate that does not verify is the site's or the config's to fix: no retry.
-            cert = _cause(exc, ssl.SSLCertVerificationError)
-            if cert is None:
-                raise FetchError(
-                    source, f"{url}: ConnectError: {exc or 'connection failed'}", transient=True
-                ) from exc
-            raise FetchError(
-                source,
-                f"{url}: TLS certificate not trusted: {cert.verify_message} (see fetch.ca_file)",
-                reason="tls_error",
-            ) from exc
         except httpx.HTTPError as exc:
+            # A certificate that does not verify is the site's or the config's to fix: no retry.
+            if (cert := _cause(exc, ssl.SSLCertVerificationError)) is not None:
+                raise FetchError(
+                    source,
+                    f"{url}: TLS certificate not trusted: {cert.verify_message} "
+                    "(see fetch.ca_file)",
+                    reason="tls_error",
+                ) from exc
             raise FetchError(
                 source, f"{url}: {type(exc).__name__}: {exc or 'connection failed'}", transient=True
             ) from exc
